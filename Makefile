@@ -1,0 +1,60 @@
+# rerankd: two commands for a new user, `make run` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+RERANKD := $(VENV)/bin/rerankd
+STAMP := $(VENV)/.installed
+TRITON_STAMP := .cache/triton/.installed
+PROTO_STAMP := server/api/_gen/.generated
+
+.PHONY: run test venv protos triton model data redis perf clean help
+
+help:
+	@echo "make run   - set everything up and serve (Triton + gateway) on embedded defaults"
+	@echo "make test  - set up what the tests need and run them"
+	@echo "make perf  - run the benchmark suite on a short budget"
+
+$(STAMP): pyproject.toml
+	@echo "==> creating virtual environment $(VENV) and installing packages (about a minute)"
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install --progress-bar on -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
+	@set -o pipefail; $(PY) -m pip install --progress-bar on -q -e '.[export,dev]' 2>&1 | grep -v '^WARNING: Location'
+	@touch $@
+
+venv: $(STAMP)
+
+$(PROTO_STAMP): $(STAMP) protos/rerank/v1/reranker.proto
+	@$(PY) -m server.api.pb --generate
+	@touch $@
+
+protos: $(PROTO_STAMP)
+
+$(TRITON_STAMP): $(STAMP)
+	@$(RERANKD) triton --install-only
+
+triton: $(TRITON_STAMP)
+
+model: $(STAMP)
+	@$(RERANKD) export --if-missing
+
+data: $(STAMP)
+	@$(RERANKD) data movielens --if-empty
+
+run: venv protos triton model data
+	@$(RERANKD) serve --with-triton
+
+# The tests start their own redis-server on a free port; this only installs the binary.
+redis:
+	@command -v redis-server >/dev/null || { echo "==> installing redis-server (Debian package)"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null) \
+	  || echo "WARNING: could not install redis-server; Redis tests will be skipped"; }
+
+test: venv protos triton redis
+	@$(PY) -m pytest -q -ra tests
+
+perf: venv protos triton model
+	@$(PY) -m perf.run_all --budget short
+
+clean:
+	rm -rf $(VENV) .cache var server/api/_gen

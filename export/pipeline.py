@@ -1,0 +1,79 @@
+"""load -> ONNX export -> verify -> write a new model version, with progress lines."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from export.write_repo import existing_versions, write_version
+from server.core.model_spec import Manifest, ModelSpec
+
+DEFAULT_BACKEND_SRC = Path(__file__).resolve().parent.parent / "model_repository" / "reranker" / "model.py"
+TORCH_THREADS = 2
+
+
+def has_version(repo: Path, name: str) -> bool:
+    """Whether ``<repo>/<name>/`` holds at least one numbered version with a model."""
+    return any((Path(repo) / name / str(v) / "model.onnx").is_file()
+               for v in existing_versions(repo, name))
+
+
+def run_export(hf_dir: Path | None, repo: Path, *, spec: ModelSpec | None = None,
+               backend_src: Path = DEFAULT_BACKEND_SRC, tolerance: float = 1e-3,
+               training: dict | None = None, metrics: dict | None = None,
+               log: Callable[[str], None] = print) -> tuple[int, float]:
+    """Export the Hugging Face cross-encoder in ``hf_dir`` (default: packaged MiniLM-L6) as a
+    new version of ``repo``; returns (version, max abs torch/ONNX score difference).
+
+    Raises ExportVerificationError (and writes nothing) when the difference on the sample
+    pairs exceeds ``tolerance``.
+    """
+    import onnxruntime
+    import torch
+
+    from export.base_model import default_base_model, describe_base_model, load_for_export
+    from export.to_onnx import export_onnx
+    from export.verify import sample_pairs, verify_pairs
+    from server.core.tokenize import PairTokenizer
+
+    spec = spec or ModelSpec()
+    hf_dir = Path(hf_dir) if hf_dir is not None else default_base_model()
+    backend_src = Path(backend_src)
+    if not (hf_dir / "tokenizer.json").is_file():
+        raise FileNotFoundError(f"{hf_dir} has no tokenizer.json")
+    if not backend_src.is_file():
+        raise FileNotFoundError(f"backend model.py not found: {backend_src}")
+    torch.set_num_threads(TORCH_THREADS)
+    opset = 17
+
+    def step(name: str, fn, *args, **kwargs):
+        t0 = time.perf_counter()
+        log(f"export: {name} ...")
+        result = fn(*args, **kwargs)
+        log(f"export: {name} done in {time.perf_counter() - t0:.1f}s")
+        return result
+
+    model = step(f"load {hf_dir}", load_for_export, hf_dir)
+    max_pos = getattr(model.config, "max_position_embeddings", spec.max_seq_len)
+    if max_pos < spec.max_seq_len:
+        raise ValueError(f"model supports {max_pos} positions < spec.max_seq_len {spec.max_seq_len}")
+    with tempfile.TemporaryDirectory(prefix="rerankd-export-") as tmp:
+        onnx_path = step("onnx export", export_onnx, model, spec, Path(tmp) / "model.onnx", opset=opset)
+        tokenizer = PairTokenizer.from_file(hf_dir / "tokenizer.json", spec)
+        pairs = sample_pairs()
+        diff = step(f"verify on {len(pairs)} sample pairs", verify_pairs, model, onnx_path,
+                    tokenizer, pairs, tolerance=tolerance)
+        log(f"export: max abs diff torch vs onnxruntime = {diff:.3g} (tolerance {tolerance:g})")
+        manifest = Manifest(
+            spec=spec, base_model=describe_base_model(hf_dir), engine="onnxruntime",
+            training=dict(training or {}), metrics=dict(metrics or {}),
+            export_check={"max_abs_diff": diff, "tolerance": tolerance, "pairs": len(pairs),
+                          "opset": opset, "torch": torch.__version__,
+                          "onnxruntime": onnxruntime.__version__},
+        )
+        version = step(f"write version in {Path(repo) / spec.name}", write_version, repo, spec,
+                       onnx_path, hf_dir, manifest, backend_src=backend_src)
+    log(f"export: wrote {Path(repo) / spec.name / str(version)}")
+    return version, diff

@@ -1,0 +1,98 @@
+"""Check that the ONNX graph scores like the torch model on the same token ids."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from export.to_onnx import ScoreModel, onnx_session, run_onnx
+from server.core.render import render_item, render_user
+from server.core.tokenize import EncodedBatch, PairTokenizer
+from server.types import Item
+
+
+class ExportVerificationError(RuntimeError):
+    """The exported graph's scores differ from the torch model's by more than the tolerance."""
+
+
+def torch_scores(model: nn.Module, batch: EncodedBatch, input_names: Sequence[str]) -> np.ndarray:
+    """Torch scores ``[n, 1]`` float32 for ``batch`` (inputs taken in ``input_names`` order)."""
+    wrapper = ScoreModel(model, tuple(input_names)).eval()
+    with torch.no_grad():
+        out = wrapper(*(torch.from_numpy(batch.arrays[n]) for n in input_names))
+    return out.numpy()
+
+
+def max_abs_diff(model: nn.Module, onnx_path: Path, batch: EncodedBatch, *, session=None) -> float:
+    """Largest |torch - onnxruntime| score over the rows of ``batch``."""
+    session = session or onnx_session(onnx_path)
+    names = [i.name for i in session.get_inputs()]
+    output_name = session.get_outputs()[0].name
+    expected = torch_scores(model, batch, names)
+    got = run_onnx(session, batch.arrays, output_name)
+    if got.shape != expected.shape:
+        raise ExportVerificationError(f"ONNX output shape {got.shape} != torch {expected.shape}")
+    return float(np.max(np.abs(got.astype(np.float64) - expected.astype(np.float64))))
+
+
+def _movie(item_id: str, title: str, year: str, genres: str, text: str = "") -> Item:
+    return Item(item_id, title, text, {"year": year, "genres": genres})
+
+
+_MOVIES = {
+    "toy": _movie("1", "Toy Story (1995)", "1995", "Animation|Children's|Comedy"),
+    "heat": _movie("6", "Heat (1995)", "1995", "Action|Crime|Thriller"),
+    "fargo": _movie("100", "Fargo (1996)", "1996", "Crime|Drama|Thriller"),
+    "alien": _movie("183", "Alien (1979)", "1979", "Action|Horror|Sci-Fi|Thriller"),
+    "emma": _movie("204", "Emma", "1996", "Comedy|Drama|Romance",
+                   "A matchmaker in an English village meddles in her friends' love lives."),
+    "babe": _movie("8", "Babe (1995)", "1995", "Children's|Comedy|Drama"),
+    "godfather": _movie("127", "Godfather, The (1972)", "1972", "Action|Crime|Drama"),
+    "casablanca": _movie("483", "Casablanca (1942)", "1942", "Drama|Romance|War"),
+    "star_wars": _movie("50", "Star Wars (1977)", "1977", "Action|Adventure|Romance|Sci-Fi|War"),
+}
+
+
+def sample_pairs() -> list[tuple[str, str]]:
+    """Eight realistic (user text, item text) pairs from the real renderer: short and long
+    histories, an empty history and a context, so rows of one user differ in length."""
+    m = _MOVIES
+    crime_fan = render_user([m["godfather"], m["heat"], m["alien"], m["star_wars"], m["toy"],
+                             m["casablanca"]])
+    family = render_user([m["babe"], m["toy"]], context_text="movie night with the kids")
+    newcomer = render_user([])
+    return [
+        (crime_fan, render_item(m["fargo"])),
+        (crime_fan, render_item(m["emma"])),
+        (crime_fan, render_item(m["toy"])),
+        (family, render_item(m["star_wars"])),
+        (family, render_item(m["babe"])),
+        (family, render_item(m["godfather"])),
+        (newcomer, render_item(m["casablanca"])),
+        (newcomer, render_item(m["emma"])),
+    ]
+
+
+def encode_pairs(tokenizer: PairTokenizer, pairs: Sequence[tuple[str, str]]) -> list[EncodedBatch]:
+    """One padded batch per distinct user text, in first-seen order (as the gateway sends them)."""
+    by_user: dict[str, list[str]] = {}
+    for user_text, item_text in pairs:
+        by_user.setdefault(user_text, []).append(item_text)
+    return [tokenizer.encode(user, items) for user, items in by_user.items()]
+
+
+def verify_pairs(model: nn.Module, onnx_path: Path, tokenizer: PairTokenizer,
+                 pairs: Sequence[tuple[str, str]], *, tolerance: float) -> float:
+    """Max abs diff over all ``pairs``; raises ExportVerificationError above ``tolerance``."""
+    session = onnx_session(onnx_path)
+    diff = max(max_abs_diff(model, onnx_path, b, session=session)
+               for b in encode_pairs(tokenizer, pairs))
+    if not np.isfinite(diff) or diff > tolerance:
+        raise ExportVerificationError(
+            f"{onnx_path}: ONNX Runtime and torch scores differ by {diff:.3g} "
+            f"(tolerance {tolerance:g}) on {len(pairs)} sample pairs; not writing a version")
+    return diff

@@ -1,0 +1,107 @@
+"""Assemble the gateway: store, Triton client, model watcher, pipeline, gRPC server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from server.api.pb import reranker_pb2 as pb
+from server.api.pb import reranker_pb2_grpc as pb_grpc
+from server.api.servicer import RerankerServicer
+from server.core.admission import Admission
+from server.core.pipeline import Pipeline, PipelineConfig
+from server.features import open_store
+from server.features.cache import ItemCache
+from server.settings import Settings
+from server.triton.client import TritonScorer
+from server.triton.models import ModelWatcher
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Reranker"].full_name
+
+
+def pipeline_config(settings: Settings) -> PipelineConfig:
+    s = settings
+    return PipelineConfig(
+        max_candidates=s.server.max_candidates,
+        max_events_per_call=s.server.max_events_per_call,
+        max_items_per_call=s.server.max_items_per_call,
+        history_len=s.store.history_len,
+        history_in_text=s.model.history_in_text,
+        default_timeout_s=s.server.default_timeout_s,
+    )
+
+
+class Gateway:
+    """The rerankd gRPC server and the background task that follows Triton's model state."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.store = open_store(settings.store.url, history_len=settings.store.history_len)
+        self.scorer = TritonScorer(settings.triton.url)
+        self.models = ModelWatcher(self.scorer, settings.triton.model_repository,
+                                   settings.triton.model_name,
+                                   pinned_version=settings.triton.model_version)
+        self.item_cache = ItemCache(self.store, settings.store.item_cache_size,
+                                    ttl_s=settings.store.item_cache_ttl_s or None)
+        self.pipeline = Pipeline(pipeline_config(settings), self.store, self.scorer, self.models,
+                                 Admission(settings.server.max_in_flight), items=self.item_cache)
+        self.health = health.aio.HealthServicer()
+        self.server = grpc.aio.server(options=[
+            ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+        ])
+        self.port: int | None = None
+        self._watch_task: asyncio.Task | None = None
+
+    async def start(self) -> int:
+        """Bind and start serving; returns the bound port (useful with port 0)."""
+        pb_grpc.add_RerankerServicer_to_server(RerankerServicer(self.pipeline), self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME), self.server)
+        await self._set_health()
+        address = f"{self.settings.server.host}:{self.settings.server.port}"
+        self.port = self.server.add_insecure_port(address)
+        if not self.port:
+            raise RuntimeError(f"cannot bind {address}")
+        await self.server.start()
+        await self.models.refresh()
+        await self._set_health()
+        self._watch_task = asyncio.create_task(self._watch_models())
+        return self.port
+
+    async def _set_health(self) -> None:
+        status = (health_pb2.HealthCheckResponse.SERVING if self.models.current is not None
+                  else health_pb2.HealthCheckResponse.NOT_SERVING)
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, status)
+
+    async def _watch_models(self) -> None:
+        while True:
+            try:
+                await self.models.refresh()
+                await self._set_health()
+            except Exception:  # a dead watcher would freeze the served model: keep going
+                log.exception("model refresh failed")
+            await asyncio.sleep(self.settings.triton.poll_interval_s)
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        """Stop accepting, let in-flight requests finish (up to ``grace_s``), close clients."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace_s)
+        if self._watch_task:
+            self._watch_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch_task
+        await self.scorer.close()
+        await self.store.close()
+
+    async def wait(self) -> None:
+        await self.server.wait_for_termination()

@@ -1,0 +1,45 @@
+"""Protobuf <-> core types. The only place that knows both."""
+
+from __future__ import annotations
+
+import time
+
+from server.api.pb import reranker_pb2 as pb
+from server.types import Candidate, Event, Item, RequestContext, RerankRequest, RerankResponse
+
+
+def rerank_request(msg, *, request_id: str, timeout_s: float | None) -> RerankRequest:
+    return RerankRequest(
+        user_id=msg.user_id,
+        candidates=tuple(
+            Candidate(c.item_id, c.retrieval_score if c.HasField("retrieval_score") else None, c.text)
+            for c in msg.candidates),
+        top_n=msg.top_n,
+        context=RequestContext(tuple(msg.context.session_item_ids), msg.context.text),
+        rule_set=msg.rule_set,
+        explain=msg.explain,
+        request_id=request_id,
+        timeout_s=timeout_s,
+    )
+
+
+def rerank_response(resp: RerankResponse):
+    return pb.RerankResponse(
+        items=[pb.ScoredItem(item_id=i.item_id, score=i.score, rank=i.rank, model_score=i.model_score,
+                             unscored=i.unscored, explanation=i.explanation) for i in resp.items],
+        model_name=resp.model_name,
+        model_version=resp.model_version,
+        timings=[pb.StageTiming(stage=k, ms=v) for k, v in resp.timings_ms.items()],
+        request_id=resp.request_id,
+        filtered=[pb.FilteredItem(item_id=i, rule=r) for i, r in resp.filtered],
+    )
+
+
+def events(msg, *, now: float | None = None) -> list[Event]:
+    now = time.time() if now is None else now
+    return [Event(e.user_id, e.item_id, e.event_type, e.timestamp or now,
+                  e.value if e.HasField("value") else None, e.idempotency_key) for e in msg.events]
+
+
+def items(msg) -> list[Item]:
+    return [Item(i.item_id, i.title, i.text, dict(i.attributes)) for i in msg.items]

@@ -1,0 +1,32 @@
+"""``rerank.v1.Reranker`` over grpc.aio: convert, call the pipeline, convert back."""
+
+from __future__ import annotations
+
+import grpc
+
+from server.api import convert
+from server.api.errors import grpc_errors
+from server.api.pb import reranker_pb2 as pb
+from server.api.pb import reranker_pb2_grpc as pb_grpc
+from server.core.pipeline import Pipeline
+
+
+class RerankerServicer(pb_grpc.RerankerServicer):
+    def __init__(self, pipeline: Pipeline):
+        self.pipeline = pipeline
+
+    @grpc_errors
+    async def Rerank(self, request, context: grpc.aio.ServicerContext, request_id: str):
+        req = convert.rerank_request(request, request_id=request_id, timeout_s=context.time_remaining())
+        return convert.rerank_response(await self.pipeline.rerank(req))
+
+    @grpc_errors
+    async def RecordEvents(self, request, context: grpc.aio.ServicerContext, request_id: str):
+        result = await self.pipeline.record_events(convert.events(request))
+        return pb.RecordEventsResponse(accepted=result.accepted, duplicates=result.duplicates)
+
+    @grpc_errors
+    async def UpsertItems(self, request, context: grpc.aio.ServicerContext, request_id: str):
+        upserted, deleted = await self.pipeline.upsert_items(convert.items(request),
+                                                             list(request.delete_item_ids))
+        return pb.UpsertItemsResponse(upserted=upserted, deleted=deleted)

@@ -1,0 +1,214 @@
+"""``rerankd`` command line: serve, triton, export, data, client.
+
+Settings are parsed here once (file + environment + flags) and passed down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+
+from server.errors import RerankdError
+from server.settings import Settings, load_settings
+
+
+def _settings(args) -> Settings:
+    return load_settings(args.config, overrides={
+        "server.port": getattr(args, "port", None),
+        "server.host": getattr(args, "host", None),
+        "triton.url": getattr(args, "triton_url", None),
+        "triton.model_repository": getattr(args, "model_repository", None),
+        "store.url": getattr(args, "store", None),
+    })
+
+
+def _progress_wait(what: str, ready, timeout_s: float, failed=None) -> None:
+    """Wait for ``ready()`` printing elapsed seconds on one line (slow steps show progress)."""
+    start = time.monotonic()
+    while not ready():
+        if failed is not None:
+            failed()
+        elapsed = time.monotonic() - start
+        if elapsed > timeout_s:
+            raise TimeoutError(f"{what}: not ready after {timeout_s:.0f}s")
+        print(f"\r==> {what} ... {elapsed:4.0f}s", end="", flush=True)
+        time.sleep(0.5)
+    print(f"\r==> {what} ... ready in {time.monotonic() - start:.1f}s")
+
+
+def start_triton(settings: Settings, *, free_ports: bool, load: bool):
+    """Install (if needed) and start the local Triton server for ``settings``."""
+    from server.triton.install import ensure_triton
+    from server.triton.launcher import TritonPorts, TritonServer
+
+    t = settings.triton
+    install = ensure_triton(t.install_dir)
+    ports = TritonPorts.free() if free_ports else TritonPorts(t.http_port, t.grpc_port, t.metrics_port)
+    log_path = t.log_dir / f"triton-{ports.grpc}.log"
+    server = TritonServer(install, t.model_repository, ports=ports, log_path=log_path,
+                          load_models=[t.model_name] if load else [])
+    server.start()
+    print(f"==> Triton starting (gRPC {server.grpc_url}, HTTP {server.http_url}); log: {log_path}")
+
+    def failed():
+        if server.proc.poll() is not None:
+            raise RuntimeError(f"tritonserver exited with code {server.proc.returncode}; see {log_path}")
+
+    _progress_wait(f"loading model {t.model_name!r} in Triton" if load else "starting Triton",
+                   lambda: server.is_live() and (not load or server.model_ready(t.model_name)),
+                   timeout_s=300, failed=failed)
+    settings.triton.url = server.grpc_url
+    return server
+
+
+def cmd_triton(args) -> int:
+    settings = _settings(args)
+    if args.install_only:
+        from server.triton.install import ensure_triton
+
+        ensure_triton(settings.triton.install_dir)
+        return 0
+    server = start_triton(settings, free_ports=args.free_ports, load=not args.no_load)
+    print("==> Triton running; Ctrl-C stops it")
+    try:
+        server.proc.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+    return 0
+
+
+def cmd_serve(args) -> int:
+    settings = _settings(args)
+    triton = start_triton(settings, free_ports=False, load=True) if args.with_triton else None
+    try:
+        asyncio.run(_serve(settings))
+    finally:
+        if triton is not None:
+            print("==> stopping Triton")
+            triton.stop()
+    return 0
+
+
+async def _serve(settings: Settings) -> None:
+    from server.api.app import Gateway
+
+    gateway = Gateway(settings)
+    port = await gateway.start()
+    served = gateway.models.current
+    print(f"==> rerankd listening on {settings.server.host}:{port}; model "
+          f"{served.name + ' v' + served.version if served else '(none ready yet)'}; store {settings.store.url}")
+    print("    try, in another terminal:\n"
+          f"      .venv/bin/rerankd client rerank --addr {settings.server.host}:{port} --user 1 --items 50,172,181,1,121\n"
+          "    Ctrl-C stops the gateway and Triton.")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    print("\n==> stopping gateway (draining in-flight requests)")
+    await gateway.stop()
+
+
+def cmd_export(args) -> int:
+    settings = _settings(args)
+    from export.pipeline import has_version, run_export
+
+    repo = settings.triton.model_repository
+    if args.if_missing and has_version(repo, settings.triton.model_name):
+        print(f"==> model repository {repo} already has a {settings.triton.model_name} version")
+        return 0
+    source = Path(args.source) if args.source else None
+    backend_src = Path(__file__).resolve().parent.parent / "model_repository" / "reranker" / "model.py"
+    version, diff = run_export(source, repo, backend_src=backend_src)
+    print(f"==> exported {settings.triton.model_name} version {version} (ONNX vs torch max abs diff {diff:.2e})")
+    return 0
+
+
+def cmd_data(args) -> int:
+    """Fetch MovieLens-100K (checksummed) and load items + ratings into the feature store."""
+    settings = _settings(args)
+    from export.data import fetch_movielens, leave_one_out, load_interactions
+    from export.movielens_load import load_into_store
+    from server.features import open_store
+    from server.settings import PROJECT_ROOT
+
+    folder = fetch_movielens(PROJECT_ROOT / ".cache" / "data")
+    split = leave_one_out(load_interactions(folder))
+
+    async def load():
+        store = open_store(settings.store.url, history_len=settings.store.history_len)
+        try:
+            if args.if_empty and (await store.get_items(["1"])):
+                print(f"==> store {settings.store.url} already holds MovieLens items")
+                return
+            await load_into_store(store, folder, split, upto=args.upto)
+        finally:
+            await store.close()
+
+    asyncio.run(load())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="rerankd", description=__doc__.splitlines()[0])
+    p.add_argument("--config", help="TOML settings file (also RERANKD_CONFIG)")
+    p.add_argument("--log-level", default="INFO")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="run the gRPC gateway")
+    s.add_argument("--with-triton", action="store_true", help="also start the local Triton server")
+    s.add_argument("--host")
+    s.add_argument("--port", type=int)
+    s.add_argument("--triton-url")
+    s.add_argument("--store", help="sqlite:///path or redis://host:port/db")
+    s.add_argument("--model-repository")
+    s.set_defaults(func=cmd_serve)
+
+    t = sub.add_parser("triton", help="install and run the local Triton server")
+    t.add_argument("--install-only", action="store_true")
+    t.add_argument("--free-ports", action="store_true", help="pick free ports instead of the configured ones")
+    t.add_argument("--no-load", action="store_true", help="start without loading the model")
+    t.add_argument("--model-repository")
+    t.set_defaults(func=cmd_triton)
+
+    e = sub.add_parser("export", help="export a Hugging Face cross-encoder as the next model version")
+    e.add_argument("--from", dest="source", help="HF model folder (default: packaged MiniLM-L6)")
+    e.add_argument("--if-missing", action="store_true", help="do nothing if a version exists")
+    e.add_argument("--model-repository")
+    e.set_defaults(func=cmd_export)
+
+    d = sub.add_parser("data", help="load a data set into the feature store")
+    d.add_argument("dataset", choices=["movielens"])
+    d.add_argument("--upto", choices=["valid", "test", "all"], default="all",
+                   help="which part of each user's history to load (leave-one-out split)")
+    d.add_argument("--if-empty", action="store_true", help="do nothing if the store has the items")
+    d.add_argument("--store", help="sqlite:///path or redis://host:port/db")
+    d.set_defaults(func=cmd_data)
+
+    from server import client
+
+    client.add_parser(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except RerankdError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

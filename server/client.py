@@ -1,0 +1,109 @@
+"""``rerankd client ...``: call a running gateway through the generated stubs."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import grpc
+
+DEFAULT_ADDR = "127.0.0.1:50051"
+
+
+def add_parser(sub) -> None:
+    c = sub.add_parser("client", help="call a running rerankd gateway")
+    c.add_argument("--addr", default=DEFAULT_ADDR, help=f"gateway address (default {DEFAULT_ADDR})")
+    c.add_argument("--timeout", type=float, default=10.0, help="deadline in seconds")
+    csub = c.add_subparsers(dest="client_command", required=True)
+
+    r = csub.add_parser("rerank", help="rank items for a user")
+    r.add_argument("--user", required=True)
+    r.add_argument("--items", required=True, help="comma-separated candidate item ids")
+    r.add_argument("--top-n", type=int, default=0)
+    r.add_argument("--context", default="", help="free-text context (cold-start users)")
+    r.add_argument("--json", action="store_true", help="print the reply as JSON")
+
+    u = csub.add_parser("upsert", help="create or replace items")
+    u.add_argument("--item", action="append", default=[], metavar="ID=TITLE")
+    u.add_argument("--file", help="JSON lines: {item_id, title, text, attributes}")
+    u.add_argument("--delete", action="append", default=[], metavar="ID")
+
+    e = csub.add_parser("events", help="record user events")
+    e.add_argument("--user", required=True)
+    e.add_argument("--items", required=True, help="comma-separated item ids")
+    e.add_argument("--type", default="click")
+
+    csub.add_parser("health", help="gRPC health status")
+    for p in (r, u, e):
+        p.set_defaults(func=_run)
+    c.set_defaults(func=_run)
+
+
+def _rerank(stub, pb, args):
+    req = pb.RerankRequest(user_id=args.user, top_n=args.top_n,
+                           candidates=[pb.Candidate(item_id=i.strip()) for i in args.items.split(",") if i.strip()],
+                           context=pb.RequestContext(text=args.context))
+    start = time.perf_counter()
+    resp = stub.Rerank(req, timeout=args.timeout)
+    wall_ms = (time.perf_counter() - start) * 1000
+    if args.json:
+        from google.protobuf.json_format import MessageToDict
+
+        print(json.dumps(MessageToDict(resp), indent=2))
+        return
+    print(f"model {resp.model_name} version {resp.model_version}  (request {resp.request_id}, {wall_ms:.1f} ms)")
+    print(f"{'rank':>4}  {'item':<16} {'score':>9}")
+    for it in resp.items:
+        flag = "  (not in catalog: unscored)" if it.unscored else ""
+        print(f"{it.rank:>4}  {it.item_id:<16} {it.score:>9.4f}{flag}")
+    print("stages: " + ", ".join(f"{t.stage} {t.ms:.1f} ms" for t in resp.timings))
+
+
+def _upsert(stub, pb, args):
+    items = []
+    for spec in args.item:
+        item_id, _, title = spec.partition("=")
+        items.append(pb.Item(item_id=item_id, title=title))
+    if args.file:
+        with open(args.file) as f:
+            for line in f:
+                if line.strip():
+                    d = json.loads(line)
+                    items.append(pb.Item(item_id=str(d["item_id"]), title=d.get("title", ""),
+                                         text=d.get("text", ""),
+                                         attributes={k: str(v) for k, v in d.get("attributes", {}).items()}))
+    resp = stub.UpsertItems(pb.UpsertItemsRequest(items=items, delete_item_ids=args.delete), timeout=args.timeout)
+    print(f"upserted {resp.upserted}, deleted {resp.deleted}")
+
+
+def _events(stub, pb, args):
+    now = time.time()
+    events = [pb.Event(user_id=args.user, item_id=i.strip(), event_type=args.type, timestamp=now)
+              for i in args.items.split(",") if i.strip()]
+    resp = stub.RecordEvents(pb.RecordEventsRequest(events=events), timeout=args.timeout)
+    print(f"accepted {resp.accepted}, duplicates {resp.duplicates}")
+
+
+def _health(channel, args):
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    resp = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=args.timeout)
+    print(health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status))
+
+
+def _run(args) -> int:
+    from server.api.pb import reranker_pb2 as pb
+    from server.api.pb import reranker_pb2_grpc as pb_grpc
+
+    with grpc.insecure_channel(args.addr) as channel:
+        stub = pb_grpc.RerankerStub(channel)
+        try:
+            if args.client_command == "health":
+                _health(channel, args)
+            else:
+                {"rerank": _rerank, "upsert": _upsert, "events": _events}[args.client_command](stub, pb, args)
+        except grpc.RpcError as err:
+            print(f"error: {err.code().name}: {err.details()}", file=sys.stderr)
+            return 1
+    return 0

@@ -1,0 +1,1 @@
+"""The request pipeline: assemble, render + tokenize, infer, rules. No gRPC here."""

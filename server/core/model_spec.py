@@ -1,0 +1,94 @@
+"""The model signature: one spec drives ONNX export axes, TensorRT profiles, config.pbtxt
+and the gateway's padding. Export writes it into each version's ``manifest.json``; the
+gateway reads it back from the version it serves, so the two can never disagree."""
+
+from __future__ import annotations
+
+import bisect
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str = "reranker"
+    input_names: tuple[str, ...] = ("input_ids", "attention_mask", "token_type_ids")
+    output_name: str = "score"
+    max_batch_size: int = 64
+    # Pairs of one request are padded to the smallest bucket that fits the longest pair,
+    # so that Triton's batcher (which needs equal shapes) can join different callers.
+    seq_buckets: tuple[int, ...] = (32, 64, 128, 256)
+    max_queue_delay_us: int = 2000
+    preferred_batch_sizes: tuple[int, ...] = (16, 32, 64)
+
+    @property
+    def max_seq_len(self) -> int:
+        return self.seq_buckets[-1]
+
+    def bucket_for(self, length: int) -> int:
+        """Smallest bucket >= ``length`` (lengths are already truncated to ``max_seq_len``)."""
+        i = bisect.bisect_left(self.seq_buckets, length)
+        return self.seq_buckets[min(i, len(self.seq_buckets) - 1)]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelSpec":
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        for key in ("input_names", "seq_buckets", "preferred_batch_sizes"):
+            if key in known:
+                known[key] = tuple(known[key])
+        return cls(**known)
+
+    def config_pbtxt(self, *, backend: str = "python", instance_count: int = 1,
+                     parameters: dict[str, str] | None = None) -> str:
+        """Triton ``config.pbtxt`` for this signature.
+
+        ``backend="python"`` runs ONNX Runtime inside Triton's Python backend (CPU);
+        ``backend="tensorrt_plan"`` declares a TensorRT engine (GPU nodes).
+        """
+        head = (f'platform: "tensorrt_plan"\n' if backend == "tensorrt_plan"
+                else f'backend: "{backend}"\n')
+        lines = [f'name: "{self.name}"', head.rstrip("\n"), f"max_batch_size: {self.max_batch_size}"]
+        for name in self.input_names:
+            lines.append(f'input {{\n  name: "{name}"\n  data_type: TYPE_INT64\n  dims: [ -1 ]\n}}')
+        lines.append(f'output {{\n  name: "{self.output_name}"\n  data_type: TYPE_FP32\n  dims: [ 1 ]\n}}')
+        preferred = ", ".join(str(b) for b in self.preferred_batch_sizes if b <= self.max_batch_size)
+        lines.append(
+            "dynamic_batching {\n"
+            + (f"  preferred_batch_size: [ {preferred} ]\n" if preferred else "")
+            + f"  max_queue_delay_microseconds: {self.max_queue_delay_us}\n}}"
+        )
+        kind = "KIND_GPU" if backend == "tensorrt_plan" else "KIND_CPU"
+        lines.append(f"instance_group {{\n  count: {instance_count}\n  kind: {kind}\n}}")
+        lines.append("version_policy: { latest: { num_versions: 1 } }")
+        for key, value in sorted((parameters or {}).items()):
+            lines.append(f'parameters {{\n  key: "{key}"\n  value: {{ string_value: "{value}" }}\n}}')
+        return "\n".join(lines) + "\n"
+
+
+@dataclass
+class Manifest:
+    """What a model version is: written by export next to the model, read by the gateway."""
+
+    spec: ModelSpec
+    base_model: str
+    engine: str = "onnxruntime"
+    created_at: str = ""
+    training: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+    export_check: dict = field(default_factory=dict)
+
+    def write(self, path: Path) -> None:
+        data = asdict(self)
+        data["spec"] = self.spec.to_dict()
+        path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def read(cls, path: Path) -> "Manifest":
+        data = json.loads(path.read_text())
+        data["spec"] = ModelSpec.from_dict(data.get("spec", {}))
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**known)

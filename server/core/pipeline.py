@@ -1,0 +1,137 @@
+"""The request pipeline: validate -> features -> render + tokenize -> infer -> rank.
+
+Transport-free: takes and returns ``server.types`` objects and raises ``server.errors``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from server.core.admission import Admission
+from server.core.render import render_item, render_user
+from server.core.validate import validate_events, validate_items, validate_rerank
+from server.errors import DeadlineExceeded
+from server.types import Event, Item, RecordResult, RerankRequest, RerankResponse, ScoredItem
+
+
+class Scorer(Protocol):
+    async def score(self, batch, spec, version: str, timeout_s: float | None = None) -> np.ndarray: ...
+
+
+class ModelSource(Protocol):
+    def require(self): ...
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    max_candidates: int = 1000
+    max_events_per_call: int = 1000
+    max_items_per_call: int = 1000
+    history_len: int = 20
+    history_in_text: int = 10
+    default_timeout_s: float = 10.0
+
+
+class _Stopwatch:
+    def __init__(self):
+        self.start = self._last = time.perf_counter()
+        self.stages: dict[str, float] = {}
+
+    def mark(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.stages[stage] = (now - self._last) * 1000.0
+        self._last = now
+
+    def elapsed_s(self) -> float:
+        return time.perf_counter() - self.start
+
+
+def _unique(ids: Sequence[str]) -> list[str]:
+    return list(dict.fromkeys(ids))
+
+
+class Pipeline:
+    """One object per gateway; safe for concurrent requests on one event loop."""
+
+    def __init__(self, config: PipelineConfig, store, scorer: Scorer, models: ModelSource,
+                 admission: Admission | None = None, items=None):
+        self.config = config
+        self.store = store
+        # Item lookups go through a cache when given one (``server.features.cache.ItemCache``).
+        self.items = items or store
+        self.scorer = scorer
+        self.models = models
+        self.admission = admission or Admission(256)
+
+    async def rerank(self, req: RerankRequest) -> RerankResponse:
+        with self.admission.slot():
+            return await self._rerank(req)
+
+    async def _rerank(self, req: RerankRequest) -> RerankResponse:
+        watch = _Stopwatch()
+        cfg = self.config
+        validate_rerank(req, max_candidates=cfg.max_candidates)
+        model = self.models.require()
+        budget_s = req.timeout_s if req.timeout_s is not None else cfg.default_timeout_s
+        watch.mark("validate")
+
+        events = await self.store.recent_events(req.user_id, cfg.history_len)
+        history_ids = _unique([e.item_id for e in events])
+        if not history_ids:  # cold start: the caller's session items stand in for history
+            history_ids = _unique(req.context.session_item_ids)
+        history_ids = history_ids[:cfg.history_in_text]
+        items = await self.items.get_items(_unique(history_ids + [c.item_id for c in req.candidates]))
+        watch.mark("features")
+
+        user_text = render_user([items[i] for i in history_ids if i in items], req.context.text,
+                                max_items=cfg.history_in_text)
+        # Policy for items not in the catalog: scored from the candidate's inline text if it
+        # has one; otherwise not scored, flagged ``unscored`` and placed after all scored items.
+        scoreable: list[tuple[int, Item]] = []
+        for idx, c in enumerate(req.candidates):
+            item = items.get(c.item_id) or (Item(c.item_id, title=c.text) if c.text.strip() else None)
+            if item is not None:
+                scoreable.append((idx, item))
+        batch = model.tokenizer.encode(user_text, [render_item(it) for _, it in scoreable]) if scoreable else None
+        watch.mark("tokenize")
+
+        scores = np.zeros(0, np.float32)
+        if batch is not None:
+            remaining = budget_s - watch.elapsed_s()
+            if remaining <= 0:
+                raise DeadlineExceeded("deadline passed before inference")
+            scores = await self.scorer.score(batch, model.spec, model.version, timeout_s=remaining)
+        watch.mark("infer")
+
+        ranked = [ScoredItem(item_id=req.candidates[idx].item_id, score=float(s), model_score=float(s))
+                  for (idx, _), s in zip(scoreable, scores)]
+        # Deterministic order: score desc, then item id.
+        ranked.sort(key=lambda it: (-it.score, it.item_id))
+        scored_ids = {it.item_id for it in ranked}
+        ranked += [ScoredItem(item_id=c.item_id, score=0.0, unscored=True)
+                   for c in req.candidates if c.item_id not in scored_ids]
+        if req.top_n:
+            ranked = ranked[:req.top_n]
+        for pos, it in enumerate(ranked, start=1):
+            it.rank = pos
+        watch.mark("rank")
+        watch.stages["total"] = watch.elapsed_s() * 1000.0
+        return RerankResponse(items=ranked, model_name=model.name, model_version=model.version,
+                              timings_ms=watch.stages, request_id=req.request_id)
+
+    async def record_events(self, events: Sequence[Event]) -> RecordResult:
+        validate_events(events, now=time.time(), max_events=self.config.max_events_per_call)
+        return await self.store.record_events(events)
+
+    async def upsert_items(self, items: Sequence[Item], delete_ids: Sequence[str]) -> tuple[int, int]:
+        validate_items(items, delete_ids, max_items=self.config.max_items_per_call)
+        upserted = await self.store.upsert_items(items)
+        deleted = await self.store.delete_items(delete_ids)
+        if self.items is not self.store:
+            self.items.invalidate([i.item_id for i in items] + list(delete_ids))
+        return upserted, deleted

@@ -1,0 +1,77 @@
+"""Request validation. Every error names the offending field (with its index)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from server.errors import InvalidArgument
+from server.types import EVENT_TYPES, Event, Item, RerankRequest
+
+# Event times further ahead than this are clock bugs, not events.
+MAX_CLOCK_SKEW_S = 300.0
+MAX_ID_LEN = 256
+
+
+def _check_id(value: str, field: str) -> None:
+    if not value or not value.strip():
+        raise InvalidArgument("must not be empty", field=field)
+    if len(value) > MAX_ID_LEN:
+        raise InvalidArgument(f"longer than {MAX_ID_LEN} characters", field=field)
+
+
+def validate_rerank(req: RerankRequest, *, max_candidates: int) -> None:
+    _check_id(req.user_id, "user_id")
+    if not req.candidates:
+        raise InvalidArgument("at least one candidate is required", field="candidates")
+    if len(req.candidates) > max_candidates:
+        raise InvalidArgument(
+            f"{len(req.candidates)} candidates exceed the maximum of {max_candidates}", field="candidates")
+    if req.top_n < 0:
+        raise InvalidArgument("must be >= 0 (0 returns all candidates)", field="top_n")
+    seen: dict[str, int] = {}
+    for i, c in enumerate(req.candidates):
+        _check_id(c.item_id, f"candidates[{i}].item_id")
+        if c.item_id in seen:
+            raise InvalidArgument(
+                f"duplicate item id {c.item_id!r} (also candidates[{seen[c.item_id]}])",
+                field=f"candidates[{i}].item_id")
+        seen[c.item_id] = i
+        if c.retrieval_score is not None and not math.isfinite(c.retrieval_score):
+            raise InvalidArgument("must be a finite number", field=f"candidates[{i}].retrieval_score")
+
+
+def validate_events(events: Sequence[Event], *, now: float, max_events: int) -> None:
+    """All or nothing: one invalid event rejects the whole batch before anything is written."""
+    if not events:
+        raise InvalidArgument("at least one event is required", field="events")
+    if len(events) > max_events:
+        raise InvalidArgument(f"{len(events)} events exceed the maximum of {max_events} per call",
+                              field="events")
+    for i, e in enumerate(events):
+        _check_id(e.user_id, f"events[{i}].user_id")
+        _check_id(e.item_id, f"events[{i}].item_id")
+        if e.event_type not in EVENT_TYPES:
+            raise InvalidArgument(f"unknown event type {e.event_type!r} (expected one of {', '.join(EVENT_TYPES)})",
+                                  field=f"events[{i}].event_type")
+        if not math.isfinite(e.timestamp) or e.timestamp < 0:
+            raise InvalidArgument("must be a finite, non-negative Unix time", field=f"events[{i}].timestamp")
+        if e.timestamp > now + MAX_CLOCK_SKEW_S:
+            raise InvalidArgument(f"is {e.timestamp - now:.0f}s in the future", field=f"events[{i}].timestamp")
+        if e.value is not None and not math.isfinite(e.value):
+            raise InvalidArgument("must be a finite number", field=f"events[{i}].value")
+
+
+def validate_items(items: Sequence[Item], deletes: Sequence[str], *, max_items: int) -> None:
+    if not items and not deletes:
+        raise InvalidArgument("nothing to upsert or delete", field="items")
+    if len(items) + len(deletes) > max_items:
+        raise InvalidArgument(f"more than {max_items} items per call", field="items")
+    seen: set[str] = set()
+    for i, it in enumerate(items):
+        _check_id(it.item_id, f"items[{i}].item_id")
+        if it.item_id in seen:
+            raise InvalidArgument(f"duplicate item id {it.item_id!r}", field=f"items[{i}].item_id")
+        seen.add(it.item_id)
+    for i, item_id in enumerate(deletes):
+        _check_id(item_id, f"delete_item_ids[{i}]")

@@ -1,0 +1,137 @@
+"""Embedded SQLite feature store (the zero-setup default).
+
+WAL mode with ``synchronous=FULL``: an acknowledged write survives a killed process and a
+power cut. One connection behind a lock, driven from a worker thread so the event loop
+never blocks on disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from server.types import Event, Item, RecordResult
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS items (
+    item_id    TEXT PRIMARY KEY,
+    title      TEXT NOT NULL DEFAULT '',
+    text       TEXT NOT NULL DEFAULT '',
+    attributes TEXT NOT NULL DEFAULT '{}'
+);
+CREATE TABLE IF NOT EXISTS events (
+    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+    user_id    TEXT NOT NULL,
+    item_id    TEXT NOT NULL,
+    event_type TEXT NOT NULL,
+    ts         REAL NOT NULL,
+    value      REAL,
+    idem_key   TEXT UNIQUE
+);
+CREATE INDEX IF NOT EXISTS events_by_user ON events (user_id, ts DESC, seq DESC);
+"""
+
+
+class SqliteStore:
+    """``FeatureStore`` over one SQLite file."""
+
+    def __init__(self, path: str | Path, *, history_len: int = 20):
+        self.path = Path(path)
+        self.history_len = history_len
+        if str(self.path) != ":memory:":
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.executescript(_SCHEMA)
+
+    async def _run(self, fn, *args):
+        return await asyncio.to_thread(self._locked, fn, *args)
+
+    def _locked(self, fn, *args):
+        with self._lock:
+            return fn(*args)
+
+    # -- items -----------------------------------------------------------------------
+    def _get_items(self, item_ids: Sequence[str]) -> dict[str, Item]:
+        out: dict[str, Item] = {}
+        ids = list(dict.fromkeys(item_ids))
+        for start in range(0, len(ids), 500):  # stay under SQLite's variable limit
+            chunk = ids[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = self._db.execute(
+                f"SELECT item_id, title, text, attributes FROM items WHERE item_id IN ({marks})", chunk
+            )
+            for item_id, title, text, attrs in rows:
+                out[item_id] = Item(item_id, title, text, json.loads(attrs))
+        return out
+
+    async def get_items(self, item_ids: Sequence[str]) -> dict[str, Item]:
+        if not item_ids:
+            return {}
+        return await self._run(self._get_items, item_ids)
+
+    def _upsert(self, items: Sequence[Item]) -> int:
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany(
+                "INSERT INTO items (item_id, title, text, attributes) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(item_id) DO UPDATE SET title=excluded.title, text=excluded.text, "
+                "attributes=excluded.attributes",
+                [(i.item_id, i.title, i.text, json.dumps(i.attributes, sort_keys=True)) for i in items],
+            )
+        return len(items)
+
+    async def upsert_items(self, items: Sequence[Item]) -> int:
+        return await self._run(self._upsert, items) if items else 0
+
+    def _delete(self, item_ids: Sequence[str]) -> int:
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            cur = self._db.executemany("DELETE FROM items WHERE item_id = ?", [(i,) for i in item_ids])
+        return cur.rowcount
+
+    async def delete_items(self, item_ids: Sequence[str]) -> int:
+        return await self._run(self._delete, item_ids) if item_ids else 0
+
+    # -- events ----------------------------------------------------------------------
+    def _record(self, events: Sequence[Event]) -> RecordResult:
+        accepted = 0
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            for e in events:
+                cur = self._db.execute(
+                    # Only an idempotency-key conflict is ignored; any other violation
+                    # (NOT NULL...) raises and rolls the whole batch back.
+                    "INSERT INTO events (user_id, item_id, event_type, ts, value, idem_key) "
+                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(idem_key) DO NOTHING",
+                    (e.user_id, e.item_id, e.event_type, e.timestamp, e.value, e.idempotency_key or None),
+                )
+                accepted += cur.rowcount
+        return RecordResult(accepted=accepted, duplicates=len(events) - accepted)
+
+    async def record_events(self, events: Sequence[Event]) -> RecordResult:
+        if not events:
+            return RecordResult(0, 0)
+        return await self._run(self._record, events)
+
+    def _recent(self, user_id: str, limit: int) -> list[Event]:
+        rows = self._db.execute(
+            "SELECT user_id, item_id, event_type, ts, value, COALESCE(idem_key, '') FROM events "
+            "WHERE user_id = ? ORDER BY ts DESC, seq DESC LIMIT ?",
+            (user_id, limit),
+        )
+        return [Event(*row) for row in rows]
+
+    async def recent_events(self, user_id: str, limit: int | None = None) -> list[Event]:
+        return await self._run(self._recent, user_id, limit or self.history_len)
+
+    async def close(self) -> None:
+        with self._lock:
+            self._db.close()

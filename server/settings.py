@@ -1,0 +1,141 @@
+"""One typed settings object: defaults < TOML file < ``RERANKD_*`` environment < CLI flags.
+
+Parsed once in ``server.cli`` and passed down; nothing below reads the environment.
+Environment names are ``RERANKD_<SECTION>_<FIELD>`` (for example ``RERANKD_TRITON_URL``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from server.errors import InvalidArgument
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = 50051
+    # Admission control: requests in flight beyond this fail fast with RESOURCE_EXHAUSTED.
+    max_in_flight: int = 256
+    max_candidates: int = 1000
+    max_events_per_call: int = 1000
+    max_items_per_call: int = 1000
+    # Deadline applied when the caller sets none (seconds).
+    default_timeout_s: float = 10.0
+
+
+@dataclass
+class TritonSettings:
+    url: str = "127.0.0.1:8001"
+    model_name: str = "reranker"
+    # Empty: the newest version Triton reports ready.
+    model_version: str = ""
+    model_repository: Path = PROJECT_ROOT / "model_repository"
+    # Where the Triton binary is unpacked (see server.triton.install).
+    install_dir: Path = PROJECT_ROOT / ".cache" / "triton"
+    log_dir: Path = PROJECT_ROOT / "var" / "log"
+    http_port: int = 8000
+    grpc_port: int = 8001
+    metrics_port: int = 8002
+    # How often the gateway checks model readiness / new versions (seconds).
+    poll_interval_s: float = 1.0
+
+
+@dataclass
+class StoreSettings:
+    # sqlite:///path/to/file.db or redis://host:port/db
+    url: str = f"sqlite:///{PROJECT_ROOT / 'var' / 'rerankd.db'}"
+    # Most recent interactions kept per user (and rendered into the user text).
+    history_len: int = 20
+    item_cache_size: int = 100_000
+    # Bounds how stale an item can be on a gateway that did not receive its upsert
+    # (several gateways sharing Redis); 0 disables expiry.
+    item_cache_ttl_s: float = 30.0
+
+
+@dataclass
+class ModelSettings:
+    # How many recent items the text renderer puts on the user side.
+    history_in_text: int = 10
+    # Weight of the caller's retrieval score in the final score (0: model only).
+    retrieval_blend: float = 0.0
+
+
+@dataclass
+class Settings:
+    server: ServerSettings = field(default_factory=ServerSettings)
+    triton: TritonSettings = field(default_factory=TritonSettings)
+    store: StoreSettings = field(default_factory=StoreSettings)
+    model: ModelSettings = field(default_factory=ModelSettings)
+
+
+def _coerce(value: object, typ: object, name: str) -> object:
+    if typ in ("bool", bool):
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise InvalidArgument(f"not a boolean: {value!r}", field=name)
+    caster = {"int": int, "float": float, "str": str, "Path": Path}.get(
+        typ if isinstance(typ, str) else getattr(typ, "__name__", ""), str
+    )
+    try:
+        return caster(value)
+    except (TypeError, ValueError):
+        raise InvalidArgument(f"cannot read {value!r} as {caster.__name__}", field=name) from None
+
+
+def _apply(settings: Settings, section: str, key: str, value: object, source: str) -> None:
+    sect = getattr(settings, section, None)
+    if sect is None or not dataclasses.is_dataclass(sect):
+        raise InvalidArgument(f"unknown settings section in {source}", field=section)
+    fields = {f.name: f for f in dataclasses.fields(sect)}
+    if key not in fields:
+        raise InvalidArgument(f"unknown setting in {source}", field=f"{section}.{key}")
+    hints = typing.get_type_hints(type(sect))
+    setattr(sect, key, _coerce(value, hints[key], f"{section}.{key}"))
+
+
+def load_settings(
+    path: Path | str | None = None,
+    env: typing.Mapping[str, str] | None = None,
+    overrides: typing.Mapping[str, object] | None = None,
+) -> Settings:
+    """Build settings from defaults, then a TOML file, then environment, then ``overrides``.
+
+    ``overrides`` keys are ``"section.field"``; ``None`` values are ignored (unset flags).
+    """
+    settings = Settings()
+    env = os.environ if env is None else env
+    path = path or env.get("RERANKD_CONFIG")
+    if path:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise InvalidArgument(f"cannot read settings file: {exc}", field=str(path)) from None
+        for section, values in data.items():
+            if not isinstance(values, dict):
+                raise InvalidArgument("expected a [section] table", field=section)
+            for key, value in values.items():
+                _apply(settings, section, key, value, str(path))
+    for section_field in dataclasses.fields(settings):
+        for f in dataclasses.fields(getattr(settings, section_field.name)):
+            name = f"RERANKD_{section_field.name}_{f.name}".upper()
+            if name in env:
+                _apply(settings, section_field.name, f.name, env[name], "environment")
+    for dotted, value in (overrides or {}).items():
+        if value is None:
+            continue
+        section, _, key = dotted.partition(".")
+        _apply(settings, section, key, value, "flags")
+    return settings

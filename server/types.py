@@ -1,0 +1,78 @@
+"""Typed request/response objects of the core. Protobuf stops at ``server.api``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    item_id: str
+    retrieval_score: float | None = None
+    text: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RequestContext:
+    session_item_ids: tuple[str, ...] = ()
+    text: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RerankRequest:
+    user_id: str
+    candidates: tuple[Candidate, ...]
+    top_n: int = 0
+    context: RequestContext = field(default_factory=RequestContext)
+    rule_set: str = ""
+    explain: bool = False
+    request_id: str = ""
+    # Seconds left before the caller's deadline; None when the caller set none.
+    timeout_s: float | None = None
+
+
+@dataclass(slots=True)
+class ScoredItem:
+    item_id: str
+    score: float
+    rank: int = 0
+    model_score: float = 0.0
+    unscored: bool = False
+    explanation: str = ""
+
+
+@dataclass(slots=True)
+class RerankResponse:
+    items: list[ScoredItem]
+    model_name: str
+    model_version: str
+    timings_ms: dict[str, float]
+    request_id: str = ""
+    filtered: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    item_id: str
+    title: str = ""
+    text: str = ""
+    attributes: dict[str, str] = field(default_factory=dict)
+
+
+EVENT_TYPES = ("view", "click", "add_to_cart", "purchase", "rating")
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    user_id: str
+    item_id: str
+    event_type: str
+    timestamp: float
+    value: float | None = None
+    idempotency_key: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RecordResult:
+    accepted: int
+    duplicates: int
