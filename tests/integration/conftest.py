@@ -7,6 +7,7 @@ temporary model repository; Triton loads it in explicit mode; the gateway runs a
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -85,43 +86,52 @@ def _wait(predicate, timeout_s: float, what: str, logs: Path):
     raise TimeoutError(f"{what} within {timeout_s}s; logs in {logs}")
 
 
-@pytest.fixture(scope="session")
-def stack(tmp_path_factory, model_repo) -> Stack:
+@contextlib.contextmanager
+def launch_stack(repo: Path, logs: Path, **gateway_env: str):
+    """Triton (model not loaded yet) + a ``rerankd serve`` process; loads the model once the
+    gateway is up, so its NOT_SERVING state is observed first. Yields a ``Stack``."""
     inst = triton_install()
-    logs = tmp_path_factory.mktemp("logs")
-    # Started without the model, so the gateway's NOT_SERVING state can be observed.
-    triton = TritonServer(inst, model_repo, ports=TritonPorts.free(), log_path=logs / "triton.log")
+    triton = TritonServer(inst, repo, ports=TritonPorts.free(), log_path=logs / "triton.log")
     triton.start()
-    triton.wait_ready(60, models=())
-    port = free_port()
-    db_path = logs / "store.db"
-    env = dict(os.environ,
-               RERANKD_SERVER_PORT=str(port),
-               RERANKD_TRITON_URL=triton.grpc_url,
-               RERANKD_TRITON_MODEL_REPOSITORY=str(model_repo),
-               RERANKD_TRITON_POLL_INTERVAL_S="0.2",
-               RERANKD_SERVER_MAX_CANDIDATES="300",
-               RERANKD_STORE_URL=f"sqlite:///{db_path}")
     gw_log = open(logs / "gateway.log", "wb")
-    gateway = subprocess.Popen([sys.executable, "-m", "server", "serve"], env=env, stdout=gw_log,
-                               stderr=subprocess.STDOUT, cwd=PROJECT_ROOT)
-    addr = f"127.0.0.1:{port}"
+    gateway = None
     try:
+        triton.wait_ready(60, models=())
+        port = free_port()
+        db_path = logs / "store.db"
+        env = dict(os.environ,
+                   RERANKD_SERVER_PORT=str(port),
+                   RERANKD_TRITON_URL=triton.grpc_url,
+                   RERANKD_TRITON_MODEL_REPOSITORY=str(repo),
+                   RERANKD_TRITON_POLL_INTERVAL_S="0.2",
+                   RERANKD_SERVER_MAX_CANDIDATES="300",
+                   RERANKD_STORE_URL=f"sqlite:///{db_path}",
+                   **gateway_env)
+        gateway = subprocess.Popen([sys.executable, "-m", "server", "serve"], env=env, stdout=gw_log,
+                                   stderr=subprocess.STDOUT, cwd=PROJECT_ROOT)
+        addr = f"127.0.0.1:{port}"
         _wait(lambda: _health(addr) != "DOWN", 60, "gateway did not start", logs)
         before = _health(addr)
         import tritonclient.grpc as tc
 
         tc.InferenceServerClient(triton.grpc_url).load_model(MODEL)
         _wait(lambda: _health(addr) == "SERVING", 120, "gateway did not report SERVING", logs)
-        yield Stack(triton, gateway, addr, model_repo, db_path, before, logs)
+        yield Stack(triton, gateway, addr, repo, db_path, before, logs)
     finally:
-        gateway.terminate()
-        try:
-            gateway.wait(10)
-        except subprocess.TimeoutExpired:
-            gateway.kill()
+        if gateway is not None:
+            gateway.terminate()
+            try:
+                gateway.wait(10)
+            except subprocess.TimeoutExpired:
+                gateway.kill()
         triton.stop()
         gw_log.close()
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory, model_repo) -> Stack:
+    with launch_stack(model_repo, tmp_path_factory.mktemp("logs")) as s:
+        yield s
 
 
 @pytest.fixture(scope="session")

