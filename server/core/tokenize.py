@@ -1,7 +1,16 @@
-"""Pair tokenization with the model's own ``tokenizer.json``, padded to a sequence bucket."""
+"""Pair tokenization with the model's own ``tokenizer.json``, padded to a sequence bucket.
+
+Every candidate of a request shares the user text, and item texts rarely change, so each
+distinct text is encoded once (item ids cached) and pairs are assembled from the pieces
+with the tokenizer's own special-token template and its ``longest_first`` truncation.
+The result is identical to ``tokenizer.encode(user, item)``; construction checks that on
+probe pairs and falls back to plain encoding if a tokenizer does not fit the scheme.
+"""
 
 from __future__ import annotations
 
+import logging
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +19,8 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from server.core.model_spec import ModelSpec
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -26,31 +37,136 @@ class EncodedBatch:
         return {k: v[start:stop] for k, v in self.arrays.items()}
 
 
+def truncate_pair(n1: int, n2: int, budget: int) -> tuple[int, int]:
+    """Lengths kept by HF tokenizers' ``longest_first`` strategy for a pair."""
+    if n1 + n2 <= budget:
+        return n1, n2
+    if min(n1, n2) <= budget // 2:
+        return (n1, budget - n1) if n1 <= n2 else (budget - n2, n2)
+    half = budget // 2
+    # The odd token goes to the longer side (to the second one on a tie).
+    return (budget - half, half) if n1 > n2 else (half, budget - half)
+
+
+@dataclass(frozen=True)
+class _Template:
+    """Special tokens around a pair: prefix A middle B suffix, with segment ids."""
+
+    prefix: tuple[int, ...]
+    middle: tuple[int, ...]
+    suffix: tuple[int, ...]
+    prefix_types: tuple[int, ...]
+    middle_types: tuple[int, ...]
+    suffix_types: tuple[int, ...]
+    type_a: int
+    type_b: int
+
+    @property
+    def n_special(self) -> int:
+        return len(self.prefix) + len(self.middle) + len(self.suffix)
+
+
+def _derive_template(tok: Tokenizer) -> _Template | None:
+    probe_a, probe_b = tok.encode("a", add_special_tokens=False).ids, tok.encode("b", add_special_tokens=False).ids
+    if len(probe_a) != 1 or len(probe_b) != 1:
+        return None
+    enc = tok.encode("a", "b")
+    ids, types = enc.ids, enc.type_ids
+    if ids.count(probe_a[0]) != 1 or ids.count(probe_b[0]) != 1:
+        return None
+    i, j = ids.index(probe_a[0]), ids.index(probe_b[0])
+    if not i < j:
+        return None
+    return _Template(tuple(ids[:i]), tuple(ids[i + 1:j]), tuple(ids[j + 1:]),
+                     tuple(types[:i]), tuple(types[i + 1:j]), tuple(types[j + 1:]), types[i], types[j])
+
+
 class PairTokenizer:
     """Encodes (user text, item text) pairs exactly as the model was trained on them."""
 
-    def __init__(self, tokenizer: Tokenizer, spec: ModelSpec):
+    def __init__(self, tokenizer: Tokenizer, spec: ModelSpec, *, cache_size: int = 200_000):
         self.spec = spec
         self._tok = tokenizer
         self._tok.no_padding()
         self._tok.enable_truncation(max_length=spec.max_seq_len, strategy="longest_first")
+        # Pieces are encoded whole: longest_first needs each side's untruncated length.
+        self._pieces = Tokenizer.from_str(tokenizer.to_str())
+        self._pieces.no_truncation()
         self._pad_id = tokenizer.token_to_id("[PAD]") or 0
+        self._cache: OrderedDict[str, list[int]] = OrderedDict()
+        self._cache_size = cache_size
+        self.hits = self.misses = 0
+        self._template = _derive_template(tokenizer)
+        if self._template is not None and not self._self_check():
+            log.warning("tokenizer template not reproducible: falling back to per-pair encoding")
+            self._template = None
 
     @classmethod
     def from_file(cls, path: Path, spec: ModelSpec) -> "PairTokenizer":
         return cls(Tokenizer.from_file(str(path)), spec)
 
+    # -- pieces ----------------------------------------------------------------------
+    def _ids(self, texts: Sequence[str]) -> list[list[int]]:
+        """Ids without special tokens, through the bounded cache."""
+        out: list[list[int] | None] = []
+        missing: dict[str, None] = {}
+        for t in texts:
+            ids = self._cache.get(t)
+            if ids is None:
+                missing[t] = None
+            else:
+                self._cache.move_to_end(t)
+            out.append(ids)
+        if missing:
+            self.misses += len(missing)
+            for t, enc in zip(missing, self._pieces.encode_batch(list(missing), add_special_tokens=False)):
+                self._cache[t] = enc.ids
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        self.hits += len(texts) - len(missing)
+        return [ids if ids is not None else self._cache[t] for ids, t in zip(out, texts)]
+
+    def _rows(self, user_text: str, item_texts: Sequence[str]) -> list[tuple[list[int], list[int]]]:
+        """(ids, type_ids) per pair, unpadded."""
+        if self._template is None:
+            encs = self._tok.encode_batch([(user_text, t) for t in item_texts])
+            return [(e.ids, e.type_ids) for e in encs]
+        tpl = self._template
+        budget = self.spec.max_seq_len - tpl.n_special
+        user = self._ids([user_text])[0]
+        rows = []
+        for item in self._ids(item_texts):
+            a, b = truncate_pair(len(user), len(item), budget)
+            ids = [*tpl.prefix, *user[:a], *tpl.middle, *item[:b], *tpl.suffix]
+            types = [*tpl.prefix_types, *[tpl.type_a] * a, *tpl.middle_types, *[tpl.type_b] * b, *tpl.suffix_types]
+            rows.append((ids, types))
+        return rows
+
+    def _self_check(self) -> bool:
+        samples = [("short user", "item"), ("word " * 200, "item text"), ("u", "long item " * 200),
+                   ("alpha beta " * 90, "gamma delta " * 90), ("", "only item"), ("only user", "")]
+        for u, i in samples:
+            (ids, types), ref = self._rows(u, [i])[0], self._tok.encode(u, i)
+            if ids != ref.ids or types != ref.type_ids:
+                return False
+        return True
+
+    # -- public ----------------------------------------------------------------------
     def encode(self, user_text: str, item_texts: Sequence[str]) -> EncodedBatch:
-        encs = self._tok.encode_batch([(user_text, t) for t in item_texts])
-        seq_len = self.spec.bucket_for(max((len(e.ids) for e in encs), default=1))
-        n = len(encs)
+        rows = self._rows(user_text, item_texts)
+        seq_len = self.spec.bucket_for(max((len(ids) for ids, _ in rows), default=1))
+        n = len(rows)
         ids = np.full((n, seq_len), self._pad_id, dtype=np.int64)
         mask = np.zeros((n, seq_len), dtype=np.int64)
         types = np.zeros((n, seq_len), dtype=np.int64)
-        for row, e in enumerate(encs):
-            k = len(e.ids)
-            ids[row, :k] = e.ids
-            mask[row, :k] = 1
-            types[row, :k] = e.type_ids
+        for r, (row_ids, row_types) in enumerate(rows):
+            k = len(row_ids)
+            ids[r, :k] = row_ids
+            mask[r, :k] = 1
+            types[r, :k] = row_types
         arrays = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
         return EncodedBatch({k: arrays[k] for k in self.spec.input_names}, seq_len)
+
+    def encode_reference(self, user_text: str, item_texts: Sequence[str]) -> list[list[int]]:
+        """Token ids straight from the tokenizer (no cache, no template): for checks."""
+        return [e.ids for e in self._tok.encode_batch([(user_text, t) for t in item_texts])]

@@ -43,3 +43,40 @@ def test_encode_truncates_to_the_largest_bucket(tokenizer_path):
     tok = PairTokenizer.from_file(tokenizer_path, spec)
     batch = tok.encode("word " * 100, ["item " * 100])
     assert batch.seq_len == 32 and batch.arrays["attention_mask"].sum() == 32
+
+
+def test_truncate_pair_matches_the_tokenizers_library(tokenizer_path):
+    from tokenizers import Tokenizer
+
+    from server.core.tokenize import truncate_pair
+
+    tok = Tokenizer.from_file(str(tokenizer_path))
+    tok.no_padding()
+    a_id, b_id = tok.token_to_id("a"), tok.token_to_id("b")
+    for max_len in (13, 14):
+        tok.enable_truncation(max_length=max_len, strategy="longest_first")
+        for n1 in range(1, 16):
+            for n2 in range(1, 16):
+                ids = tok.encode(" ".join("a" * n1), " ".join("b" * n2)).ids
+                assert truncate_pair(n1, n2, max_len - 3) == (ids.count(a_id), ids.count(b_id))
+
+
+def test_cached_assembly_equals_plain_tokenizer_encoding(tokenizer_path):
+    import random
+
+    rng = random.Random(0)
+    words = ["toy", "story", "(1995)", "sci-fi", "l'amour", "über", "naïve", "x-men:", "2", "|", "genres:"]
+    spec = ModelSpec(seq_buckets=(16, 32, 64))
+    tok = PairTokenizer.from_file(tokenizer_path, spec)
+    assert tok._template is not None  # BERT's template is reproduced, not the fallback
+    for _ in range(30):
+        user = " ".join(rng.choice(words) for _ in range(rng.randint(0, 60)))
+        items = [" ".join(rng.choice(words) for _ in range(rng.randint(0, 40))) for _ in range(5)]
+        batch = tok.encode(user, items)
+        ref = tok.encode_reference(user, items)
+        lengths = batch.arrays["attention_mask"].sum(axis=1)
+        for row, ids in enumerate(ref):
+            assert batch.arrays["input_ids"][row, :lengths[row]].tolist() == ids
+    hits = tok.hits
+    tok.encode("user", ["same item"] * 3)
+    assert tok.hits > hits  # repeated texts come from the cache
