@@ -18,8 +18,9 @@ help:
 $(STAMP): pyproject.toml
 	@echo "==> creating virtual environment $(VENV) and installing packages (about a minute)"
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	@$(PY) -m pip install --progress-bar on -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
-	@set -o pipefail; $(PY) -m pip install --progress-bar on -q -e '.[export,dev]' 2>&1 | grep -v '^WARNING: Location'
+	@set -o pipefail; $(PY) -m pip install --progress-bar on -e '.[export,dev]' 2>&1 \
+	  | grep --line-buffered -E '^(Collecting|Installing|Successfully|ERROR)|━' || true
+	@$(PY) -c "import server, export, grpc, tritonclient.grpc, onnxruntime, tokenizers, torch"
 	@touch $@
 
 venv: $(STAMP)

@@ -59,9 +59,13 @@ def start_triton(settings: Settings, *, free_ports: bool, load: bool):
         if server.proc.poll() is not None:
             raise RuntimeError(f"tritonserver exited with code {server.proc.returncode}; see {log_path}")
 
-    _progress_wait(f"loading model {t.model_name!r} in Triton" if load else "starting Triton",
-                   lambda: server.is_live() and (not load or server.model_ready(t.model_name)),
-                   timeout_s=300, failed=failed)
+    try:
+        _progress_wait(f"loading model {t.model_name!r} in Triton" if load else "starting Triton",
+                       lambda: server.is_live() and (not load or server.model_ready(t.model_name)),
+                       timeout_s=300, failed=failed)
+    except BaseException:  # Ctrl-C or a failed load: never leave an orphaned tritonserver
+        server.stop()
+        raise
     settings.triton.url = server.grpc_url
     return server
 
