@@ -26,7 +26,6 @@ def add_parser(sub) -> None:
 
     u = csub.add_parser("upsert", help="create or replace items")
     u.add_argument("--item", action="append", default=[], metavar="ID=TITLE")
-    u.add_argument("--file", help="JSON lines: {item_id, title, text, attributes}")
     u.add_argument("--delete", action="append", default=[], metavar="ID")
 
     e = csub.add_parser("events", help="record user events")
@@ -34,8 +33,14 @@ def add_parser(sub) -> None:
     e.add_argument("--items", required=True, help="comma-separated item ids")
     e.add_argument("--type", default="click")
 
+    b = csub.add_parser("load-items", help="bulk-load a catalog file (JSON lines or CSV) through UpsertItems")
+    b.add_argument("path", help="items.jsonl ({item_id, title, text, attributes}) or items.csv "
+                                "(item_id,title,text columns; any other column becomes an attribute)")
+    b.add_argument("--batch", type=int, default=500, help="items per UpsertItems call")
+    b.add_argument("--delete", action="store_true", help="delete the file's item ids instead")
+
     csub.add_parser("health", help="gRPC health status")
-    for p in (r, u, e):
+    for p in (r, u, e, b):
         p.set_defaults(func=_run)
     c.set_defaults(func=_run)
 
@@ -65,14 +70,6 @@ def _upsert(stub, pb, args):
     for spec in args.item:
         item_id, _, title = spec.partition("=")
         items.append(pb.Item(item_id=item_id, title=title))
-    if args.file:
-        with open(args.file) as f:
-            for line in f:
-                if line.strip():
-                    d = json.loads(line)
-                    items.append(pb.Item(item_id=str(d["item_id"]), title=d.get("title", ""),
-                                         text=d.get("text", ""),
-                                         attributes={k: str(v) for k, v in d.get("attributes", {}).items()}))
     resp = stub.UpsertItems(pb.UpsertItemsRequest(items=items, delete_item_ids=args.delete), timeout=args.timeout)
     print(f"upserted {resp.upserted}, deleted {resp.deleted}")
 
@@ -83,6 +80,51 @@ def _events(stub, pb, args):
               for i in args.items.split(",") if i.strip()]
     resp = stub.RecordEvents(pb.RecordEventsRequest(events=events), timeout=args.timeout)
     print(f"accepted {resp.accepted}, duplicates {resp.duplicates}")
+
+
+def read_items(path: str):
+    """Items from a JSON-lines or CSV file, as dicts {item_id, title, text, attributes}."""
+    import csv
+
+    with open(path, newline="") as f:
+        if path.endswith(".csv"):
+            for row in csv.DictReader(f):
+                attrs = {k: v for k, v in row.items() if k not in ("item_id", "title", "text") and v}
+                yield {"item_id": row["item_id"], "title": row.get("title", ""), "text": row.get("text", ""),
+                       "attributes": attrs}
+        else:
+            for line in f:
+                if line.strip():
+                    yield json.loads(line)
+
+
+def _pb_item(pb, d: dict):
+    return pb.Item(item_id=str(d["item_id"]), title=d.get("title", ""), text=d.get("text", ""),
+                   attributes={k: str(v) for k, v in (d.get("attributes") or {}).items()})
+
+
+def _progress(done: int, total: int, start: float) -> None:
+    rate = done / max(time.perf_counter() - start, 1e-9)
+    width = 30
+    filled = int(width * done / max(total, 1))
+    eta = (total - done) / rate if rate else 0
+    print(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} items  {rate:,.0f}/s  ETA {eta:.0f}s",
+          end="", flush=True)
+
+
+def _load_items(stub, pb, args):
+    rows = list(read_items(args.path))
+    start, done = time.perf_counter(), 0
+    for i in range(0, len(rows), args.batch):
+        chunk = rows[i:i + args.batch]
+        if args.delete:
+            req = pb.UpsertItemsRequest(delete_item_ids=[str(d["item_id"]) for d in chunk])
+        else:
+            req = pb.UpsertItemsRequest(items=[_pb_item(pb, d) for d in chunk])
+        stub.UpsertItems(req, timeout=args.timeout)
+        done += len(chunk)
+        _progress(done, len(rows), start)
+    print(f"\n{'deleted' if args.delete else 'upserted'} {done} items from {args.path}")
 
 
 def _health(channel, args):
@@ -102,7 +144,8 @@ def _run(args) -> int:
             if args.client_command == "health":
                 _health(channel, args)
             else:
-                {"rerank": _rerank, "upsert": _upsert, "events": _events}[args.client_command](stub, pb, args)
+                {"rerank": _rerank, "upsert": _upsert, "events": _events,
+                 "load-items": _load_items}[args.client_command](stub, pb, args)
         except grpc.RpcError as err:
             print(f"error: {err.code().name}: {err.details()}", file=sys.stderr)
             return 1

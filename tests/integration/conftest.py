@@ -87,45 +87,60 @@ def _wait(predicate, timeout_s: float, what: str, logs: Path):
 
 
 @contextlib.contextmanager
-def launch_stack(repo: Path, logs: Path, **gateway_env: str):
-    """Triton (model not loaded yet) + a ``rerankd serve`` process; loads the model once the
-    gateway is up, so its NOT_SERVING state is observed first. Yields a ``Stack``."""
+def gateway_process(triton: TritonServer, repo: Path, log_path: Path, *, serving: bool = True,
+                    **env_overrides: str):
+    """A ``rerankd serve`` subprocess on a free port; yields (process, address).
+
+    With ``serving`` it also waits until the gateway reports SERVING (model ready)."""
+    port = free_port()
+    env = dict(os.environ,
+               RERANKD_SERVER_PORT=str(port),
+               RERANKD_TRITON_URL=triton.grpc_url,
+               RERANKD_TRITON_MODEL_REPOSITORY=str(repo),
+               RERANKD_TRITON_POLL_INTERVAL_S="0.2",
+               RERANKD_SERVER_MAX_CANDIDATES="300",
+               **env_overrides)
+    log = open(log_path, "ab")
+    proc = subprocess.Popen([sys.executable, "-m", "server", "serve"], env=env, stdout=log,
+                            stderr=subprocess.STDOUT, cwd=PROJECT_ROOT)
+    addr = f"127.0.0.1:{port}"
+    try:
+        _wait(lambda: proc.poll() is not None or _health(addr) != "DOWN", 60, "gateway did not start", log_path)
+        if proc.poll() is not None:
+            raise RuntimeError(f"gateway exited with {proc.returncode}; see {log_path}")
+        if serving:
+            _wait(lambda: _health(addr) == "SERVING", 60, "gateway did not report SERVING", log_path)
+        yield proc, addr
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        log.close()
+
+
+@contextlib.contextmanager
+def launch_stack(repo: Path, logs: Path):
+    """Triton (model not loaded yet) + a gateway; loads the model once the gateway is up,
+    so its NOT_SERVING state is observed first. Yields a ``Stack``."""
     inst = triton_install()
     triton = TritonServer(inst, repo, ports=TritonPorts.free(), log_path=logs / "triton.log")
     triton.start()
-    gw_log = open(logs / "gateway.log", "wb")
-    gateway = None
     try:
         triton.wait_ready(60, models=())
-        port = free_port()
         db_path = logs / "store.db"
-        env = dict(os.environ,
-                   RERANKD_SERVER_PORT=str(port),
-                   RERANKD_TRITON_URL=triton.grpc_url,
-                   RERANKD_TRITON_MODEL_REPOSITORY=str(repo),
-                   RERANKD_TRITON_POLL_INTERVAL_S="0.2",
-                   RERANKD_SERVER_MAX_CANDIDATES="300",
-                   RERANKD_STORE_URL=f"sqlite:///{db_path}",
-                   **gateway_env)
-        gateway = subprocess.Popen([sys.executable, "-m", "server", "serve"], env=env, stdout=gw_log,
-                                   stderr=subprocess.STDOUT, cwd=PROJECT_ROOT)
-        addr = f"127.0.0.1:{port}"
-        _wait(lambda: _health(addr) != "DOWN", 60, "gateway did not start", logs)
-        before = _health(addr)
-        import tritonclient.grpc as tc
+        with gateway_process(triton, repo, logs / "gateway.log", serving=False,
+                             RERANKD_STORE_URL=f"sqlite:///{db_path}") as (gateway, addr):
+            before = _health(addr)
+            import tritonclient.grpc as tc
 
-        tc.InferenceServerClient(triton.grpc_url).load_model(MODEL)
-        _wait(lambda: _health(addr) == "SERVING", 120, "gateway did not report SERVING", logs)
-        yield Stack(triton, gateway, addr, repo, db_path, before, logs)
+            tc.InferenceServerClient(triton.grpc_url).load_model(MODEL)
+            _wait(lambda: _health(addr) == "SERVING", 120, "gateway did not report SERVING", logs)
+            yield Stack(triton, gateway, addr, repo, db_path, before, logs)
     finally:
-        if gateway is not None:
-            gateway.terminate()
-            try:
-                gateway.wait(10)
-            except subprocess.TimeoutExpired:
-                gateway.kill()
         triton.stop()
-        gw_log.close()
 
 
 @pytest.fixture(scope="session")
