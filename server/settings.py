@@ -64,8 +64,9 @@ class StoreSettings:
 class ModelSettings:
     # How many recent items the text renderer puts on the user side.
     history_in_text: int = 10
-    # Weight of the caller's retrieval score in the final score (0: model only).
-    retrieval_blend: float = 0.0
+    # Per-event-type weights, "type=weight,..." (e.g. "view=0,click=1"): a type with
+    # weight 0 is left out of the user's history; unlisted types weigh 1.
+    event_weights: str = ""
 
 
 @dataclass
@@ -74,6 +75,20 @@ class Settings:
     triton: TritonSettings = field(default_factory=TritonSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
     model: ModelSettings = field(default_factory=ModelSettings)
+
+
+def parse_weights(text: str, field: str = "model.event_weights") -> dict[str, float]:
+    """``"view=0,click=1"`` -> ``{"view": 0.0, "click": 1.0}``."""
+    out: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = part.partition("=")
+        try:
+            out[key.strip()] = float(value)
+        except ValueError:
+            raise InvalidArgument(f"expected type=weight, got {part!r}", field=field) from None
+        if not sep or not key.strip() or out[key.strip()] < 0:
+            raise InvalidArgument(f"expected type=weight >= 0, got {part!r}", field=field)
+    return out
 
 
 def _coerce(value: object, typ: object, name: str) -> object:

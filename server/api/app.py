@@ -17,7 +17,7 @@ from server.core.admission import Admission
 from server.core.pipeline import Pipeline, PipelineConfig
 from server.features import open_store
 from server.features.cache import ItemCache
-from server.settings import Settings
+from server.settings import Settings, parse_weights
 from server.triton.client import TritonScorer
 from server.triton.models import ModelWatcher
 
@@ -35,6 +35,7 @@ def pipeline_config(settings: Settings) -> PipelineConfig:
         history_len=s.store.history_len,
         history_in_text=s.model.history_in_text,
         default_timeout_s=s.server.default_timeout_s,
+        event_weights=parse_weights(s.model.event_weights),
     )
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
@@ -35,6 +35,7 @@ class PipelineConfig:
     history_len: int = 20
     history_in_text: int = 10
     default_timeout_s: float = 10.0
+    event_weights: dict[str, float] = field(default_factory=dict)
 
 
 class _Stopwatch:
@@ -81,7 +82,8 @@ class Pipeline:
         watch.mark("validate")
 
         events = await self.store.recent_events(req.user_id, cfg.history_len)
-        history_ids = _unique([e.item_id for e in events])
+        weights = cfg.event_weights
+        history_ids = _unique([e.item_id for e in events if weights.get(e.event_type, 1.0) > 0])
         if not history_ids:  # cold start: the caller's session items stand in for history
             history_ids = _unique(req.context.session_item_ids)
         history_ids = history_ids[:cfg.history_in_text]

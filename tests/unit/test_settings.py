@@ -39,3 +39,13 @@ def test_unknown_setting_in_file_is_rejected(tmp_path):
     with pytest.raises(InvalidArgument) as err:
         load_settings(cfg, env={})
     assert err.value.field == "server.prot"
+
+
+def test_event_weights_parse_and_reject_bad_entries():
+    from server.settings import parse_weights
+
+    assert parse_weights("view=0, click=1.5") == {"view": 0.0, "click": 1.5}
+    assert parse_weights("") == {}
+    for bad in ("view", "view=x", "=1", "view=-1"):
+        with pytest.raises(InvalidArgument):
+            parse_weights(bad)

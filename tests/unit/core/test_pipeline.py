@@ -110,3 +110,13 @@ def test_no_model_is_unavailable_and_bad_input_is_invalid(tokenizer, tmp_path):
     pipe.models.current = None
     with pytest.raises(Unavailable):
         run(pipe.rerank(RerankRequest("u", (Candidate("a"),))))
+
+
+def test_event_types_with_zero_weight_stay_out_of_history(tokenizer, tmp_path):
+    pipe, store, _ = make(tokenizer, tmp_path, event_weights={"view": 0.0})
+    run(store.upsert_items([Item("h1", "an extremely long history title with many words"), Item("a", "x")]))
+    cold = run(pipe.rerank(RerankRequest("u", (Candidate("a"),)))).items[0].score
+    run(store.record_events([Event("u", "h1", "view", 1.0)]))
+    assert run(pipe.rerank(RerankRequest("u", (Candidate("a"),)))).items[0].score == cold
+    run(store.record_events([Event("u", "h1", "click", 2.0)]))
+    assert run(pipe.rerank(RerankRequest("u", (Candidate("a"),)))).items[0].score > cold
