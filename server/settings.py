@@ -27,6 +27,8 @@ class ServerSettings:
     max_candidates: int = 1000
     max_events_per_call: int = 1000
     max_items_per_call: int = 1000
+    # Scores kept per (model version, user text, item text); 0 disables the cache.
+    score_cache_size: int = 200_000
     # Deadline applied when the caller sets none (seconds).
     default_timeout_s: float = 10.0
 

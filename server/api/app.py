@@ -15,6 +15,7 @@ from server.api.pb import reranker_pb2_grpc as pb_grpc
 from server.api.servicer import RerankerServicer
 from server.core.admission import Admission
 from server.core.pipeline import Pipeline, PipelineConfig
+from server.core.score_cache import ScoreCache
 from server.features import open_store
 from server.features.cache import ItemCache
 from server.settings import Settings, parse_weights
@@ -52,7 +53,8 @@ class Gateway:
         self.item_cache = ItemCache(self.store, settings.store.item_cache_size,
                                     ttl_s=settings.store.item_cache_ttl_s or None)
         self.pipeline = Pipeline(pipeline_config(settings), self.store, self.scorer, self.models,
-                                 Admission(settings.server.max_in_flight), items=self.item_cache)
+                                 Admission(settings.server.max_in_flight), items=self.item_cache,
+                                 score_cache=ScoreCache(settings.server.score_cache_size))
         self.health = health.aio.HealthServicer()
         self.server = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", 16 * 1024 * 1024),

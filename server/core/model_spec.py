@@ -80,6 +80,8 @@ class Manifest:
     training: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
     export_check: dict = field(default_factory=dict)
+    # server.core.render.RenderOptions as plain data; empty (old manifests): plain text.
+    render: dict = field(default_factory=dict)
 
     def write(self, path: Path) -> None:
         data = asdict(self)

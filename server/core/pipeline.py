@@ -13,7 +13,8 @@ from typing import Protocol
 import numpy as np
 
 from server.core.admission import Admission
-from server.core.render import render_item, render_user
+from server.core.score_cache import ScoreCache
+from server.core.render import Renderer
 from server.core.validate import validate_events, validate_items, validate_rerank
 from server.errors import DeadlineExceeded
 from server.types import Event, Item, RecordResult, RerankRequest, RerankResponse, ScoredItem
@@ -60,8 +61,9 @@ class Pipeline:
     """One object per gateway; safe for concurrent requests on one event loop."""
 
     def __init__(self, config: PipelineConfig, store, scorer: Scorer, models: ModelSource,
-                 admission: Admission | None = None, items=None):
+                 admission: Admission | None = None, items=None, score_cache: ScoreCache | None = None):
         self.config = config
+        self.score_cache = score_cache or ScoreCache(0)
         self.store = store
         # Item lookups go through a cache when given one (``server.features.cache.ItemCache``).
         self.items = items or store
@@ -86,12 +88,15 @@ class Pipeline:
         history_ids = _unique([e.item_id for e in events if weights.get(e.event_type, 1.0) > 0])
         if not history_ids:  # cold start: the caller's session items stand in for history
             history_ids = _unique(req.context.session_item_ids)
-        history_ids = history_ids[:cfg.history_in_text]
+        # The served version's own render options (item-ID tokens, history length): its manifest.
+        renderer = Renderer.for_model(model.manifest, model.tokenizer)
+        n_history = renderer.history_items(cfg.history_in_text)
+        history_ids = history_ids[:n_history]
         items = await self.items.get_items(_unique(history_ids + [c.item_id for c in req.candidates]))
         watch.mark("features")
 
-        user_text = render_user([items[i] for i in history_ids if i in items], req.context.text,
-                                max_items=cfg.history_in_text)
+        user_text = renderer.user([items[i] for i in history_ids if i in items], req.context.text,
+                                  max_items=n_history)
         # Policy for items not in the catalog: scored from the candidate's inline text if it
         # has one; otherwise not scored, flagged ``unscored`` and placed after all scored items.
         scoreable: list[tuple[int, Item]] = []
@@ -99,15 +104,20 @@ class Pipeline:
             item = items.get(c.item_id) or (Item(c.item_id, title=c.text) if c.text.strip() else None)
             if item is not None:
                 scoreable.append((idx, item))
-        batch = model.tokenizer.encode(user_text, [render_item(it) for _, it in scoreable]) if scoreable else None
+        item_texts = [renderer.item(it) for _, it in scoreable]
+        scores = self.score_cache.lookup(model.version, user_text, item_texts)
+        todo = [k for k, s in enumerate(scores) if s is None]
+        batch = model.tokenizer.encode(user_text, [item_texts[k] for k in todo]) if todo else None
         watch.mark("tokenize")
 
-        scores = np.zeros(0, np.float32)
         if batch is not None:
             remaining = budget_s - watch.elapsed_s()
             if remaining <= 0:
                 raise DeadlineExceeded("deadline passed before inference")
-            scores = await self.scorer.score(batch, model.spec, model.version, timeout_s=remaining)
+            fresh = await self.scorer.score(batch, model.spec, model.version, timeout_s=remaining)
+            self.score_cache.store(model.version, user_text, [item_texts[k] for k in todo], fresh)
+            for k, s in zip(todo, fresh):
+                scores[k] = float(s)
         watch.mark("infer")
 
         ranked = [ScoredItem(item_id=req.candidates[idx].item_id, score=float(s), model_score=float(s))

@@ -2,35 +2,136 @@
 
 Training, evaluation and serving all call these functions; a test pins that they give
 identical token ids. Change the format here and every consumer follows (retrain after).
+
+A model version may carry render options in its manifest (``Manifest.render``), for
+example item-ID tokens: an item whose ID token (``[i50]``) is in that model's vocabulary is
+written as the token, so the model can learn a collaborative signal per item; an item
+without a trained token (a new catalogue item) keeps its text. ``Renderer.for_model``
+builds the renderer of a served version; the module-level ``render_user`` / ``render_item``
+are the default renderer (plain text, what a manifest without options means).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 from server.types import Item
 
 # Attributes that carry meaning for the model, in the order they are rendered.
 RENDERED_ATTRIBUTES = ("year", "genres", "category", "brand")
 EMPTY_HISTORY = "no history"
+# Lower case: the MiniLM tokenizer lower-cases before it matches added tokens.
+ITEM_TOKEN_FORMAT = "[i{}]"
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    """How a model version wants its text. The defaults are the plain-text format.
+
+    ``item_tokens``: write items that have an ID token in the model's vocabulary as that
+    token. On the user side the token replaces the title unless ``history_titles``; on the
+    item side the title (and attributes) follow the token unless ``item_text`` is False.
+    ``item_attributes``: which catalogue attributes the item side shows, in order.
+    ``history_items``: how many recent items the user side shows (0: the caller's value).
+    """
+
+    item_tokens: bool = False
+    history_titles: bool = True
+    item_text: bool = True
+    item_attributes: tuple[str, ...] = RENDERED_ATTRIBUTES
+    history_items: int = 0
+    token_format: str = ITEM_TOKEN_FORMAT
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["item_attributes"] = list(self.item_attributes)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: Mapping | None) -> RenderOptions:
+        """Tolerant: unknown keys are ignored and missing ones take today's defaults."""
+        known = {k: v for k, v in (data or {}).items() if k in cls.__dataclass_fields__}
+        if "item_attributes" in known:
+            known["item_attributes"] = tuple(known["item_attributes"])
+        return cls(**known)
+
+
+def vocabulary_lookup(tokenizer) -> Callable[[str], bool]:
+    """``token -> bool``: whether the tokenizer (a ``PairTokenizer`` or a ``tokenizers.Tokenizer``)
+    has ``token`` as one vocabulary entry."""
+    raw = getattr(tokenizer, "_tok", tokenizer)
+    return lambda token: raw.token_to_id(token) is not None
+
+
+class Renderer:
+    """Renders text pairs for one model: its options plus which item tokens it knows."""
+
+    def __init__(self, options: RenderOptions | None = None,
+                 has_token: Callable[[str], bool] | None = None):
+        self.options = options or RenderOptions()
+        self._has_token = has_token if self.options.item_tokens else None
+
+    @classmethod
+    def for_model(cls, manifest, tokenizer) -> Renderer:
+        """The renderer of a model version (``Manifest`` + its ``PairTokenizer``)."""
+        options = RenderOptions.from_dict(getattr(manifest, "render", None))
+        return cls(options, vocabulary_lookup(tokenizer) if options.item_tokens else None)
+
+    def history_items(self, default: int) -> int:
+        return self.options.history_items or default
+
+    def item_token(self, item_id: str) -> str | None:
+        """The item's ID token when this model has one, else None."""
+        if self._has_token is None:
+            return None
+        tok = self.options.token_format.format(item_id)
+        return tok if self._has_token(tok) else None
+
+    def _title(self, item: Item) -> str:
+        return item.title.strip() or item.item_id
+
+    def item(self, item: Item) -> str:
+        """Item side: [ID token], title, a few attributes, then free text."""
+        tok = self.item_token(item.item_id)
+        if tok is not None and not self.options.item_text:
+            return tok
+        parts = [self._title(item)]
+        for key in self.options.item_attributes:
+            value = item.attributes.get(key, "").strip()
+            if value and not (key == "year" and value in parts[0]):
+                parts.append(f"{key}: {value.replace('|', ', ')}")
+        if item.text.strip():
+            parts.append(item.text.strip())
+        text = " | ".join(parts)
+        return f"{tok} {text}" if tok is not None else text
+
+    def _history_entry(self, item: Item) -> str:
+        tok = self.item_token(item.item_id)
+        if tok is None:
+            return self._title(item)
+        return f"{tok} {self._title(item)}" if self.options.history_titles else tok
+
+    def user(self, history: Sequence[Item], context_text: str = "", max_items: int = 10) -> str:
+        """User side: recent items, most recent first, then free-text context if any."""
+        n = self.history_items(max_items)
+        entries = [self._history_entry(it) for it in history[:n]]
+        sep = " " if self._has_token is not None and not self.options.history_titles else "; "
+        text = sep.join(entries) if entries else EMPTY_HISTORY
+        if context_text.strip():
+            text = f"{text} | context: {context_text.strip()}"
+        return text
+
+
+DEFAULT_RENDERER = Renderer()
 
 
 def render_item(item: Item) -> str:
-    """Item side: title, a few attributes, then free text."""
-    parts = [item.title.strip() or item.item_id]
-    for key in RENDERED_ATTRIBUTES:
-        value = item.attributes.get(key, "").strip()
-        if value and not (key == "year" and value in parts[0]):
-            parts.append(f"{key}: {value.replace('|', ', ')}")
-    if item.text.strip():
-        parts.append(item.text.strip())
-    return " | ".join(parts)
+    """Item side with the default (plain-text) options."""
+    return DEFAULT_RENDERER.item(item)
 
 
 def render_user(history: Sequence[Item], context_text: str = "", max_items: int = 10) -> str:
-    """User side: recent items, most recent first, then free-text context if any."""
-    titles = [(it.title.strip() or it.item_id) for it in history[:max_items]]
-    text = "; ".join(titles) if titles else EMPTY_HISTORY
-    if context_text.strip():
-        text = f"{text} | context: {context_text.strip()}"
-    return text
+    """User side with the default (plain-text) options."""
+    return DEFAULT_RENDERER.user(history, context_text, max_items)

@@ -88,9 +88,13 @@ def test_dynamic_batching_merges_concurrent_requests(stack, stub):
         stats = client.get_inference_statistics("reranker", as_json=True)["model_stats"][0]
         return int(stats.get("inference_count", 0)), int(stats.get("execution_count", 0))
 
+    def one(k):  # distinct texts per request, so the gateway's score cache cannot answer
+        cands = [pb.Candidate(item_id=f"b{k}-{j}", text=f"film {k} part {j}") for j in range(3)]
+        return stub.Rerank(pb.RerankRequest(user_id=f"u-batch-{k % 4}", candidates=cands), timeout=30)
+
     inf0, exe0 = counts()
     with cf.ThreadPoolExecutor(32) as pool:
-        list(pool.map(lambda k: _rerank(stub, f"u-batch-{k % 4}", ["m1", "m2", "m3"]), range(96)))
+        list(pool.map(one, range(96)))
     inf1, exe1 = counts()
     inferences, executions = inf1 - inf0, exe1 - exe0
     print(f"dynamic batching: {inferences} inferences in {executions} executions")

@@ -120,3 +120,16 @@ def test_event_types_with_zero_weight_stay_out_of_history(tokenizer, tmp_path):
     assert run(pipe.rerank(RerankRequest("u", (Candidate("a"),)))).items[0].score == cold
     run(store.record_events([Event("u", "h1", "click", 2.0)]))
     assert run(pipe.rerank(RerankRequest("u", (Candidate("a"),)))).items[0].score > cold
+
+
+def test_score_cache_skips_the_engine_for_repeated_pairs(tokenizer, tmp_path):
+    from server.core.score_cache import ScoreCache
+
+    store = SqliteStore(tmp_path / "s.db")
+    scorer = LengthScorer()
+    pipe = Pipeline(PipelineConfig(), store, scorer, Models(tokenizer), score_cache=ScoreCache(100))
+    req = RerankRequest("u", (Candidate("a", text="first"), Candidate("b", text="second")))
+    first = run(pipe.rerank(req))
+    second = run(pipe.rerank(RerankRequest("u", req.candidates + (Candidate("c", text="third"),))))
+    assert [len_ for len_, _ in scorer.calls] == [2, 1]  # only the new pair went to the engine
+    assert {i.item_id: i.score for i in first.items} == {i.item_id: i.score for i in second.items if i.item_id != "c"}
