@@ -22,6 +22,10 @@ def add_parser(sub) -> None:
     r.add_argument("--items", required=True, help="comma-separated candidate item ids")
     r.add_argument("--top-n", type=int, default=0)
     r.add_argument("--context", default="", help="free-text context (cold-start users)")
+    r.add_argument("--rule-set", default="", help="named rule set (default: 'default')")
+    r.add_argument("--override", action="append", default=[], metavar="PATH=VALUE",
+                   help="rule override allowed by the rule set, e.g. blend.retrieval_weight=0.3")
+    r.add_argument("--explain", action="store_true", help="show how each score came about")
     r.add_argument("--json", action="store_true", help="print the reply as JSON")
 
     u = csub.add_parser("upsert", help="create or replace items")
@@ -48,7 +52,9 @@ def add_parser(sub) -> None:
 def _rerank(stub, pb, args):
     req = pb.RerankRequest(user_id=args.user, top_n=args.top_n,
                            candidates=[pb.Candidate(item_id=i.strip()) for i in args.items.split(",") if i.strip()],
-                           context=pb.RequestContext(text=args.context))
+                           context=pb.RequestContext(text=args.context), rule_set=args.rule_set,
+                           explain=args.explain,
+                           rule_overrides=dict(o.split("=", 1) for o in args.override))
     start = time.perf_counter()
     resp = stub.Rerank(req, timeout=args.timeout)
     wall_ms = (time.perf_counter() - start) * 1000
@@ -62,6 +68,13 @@ def _rerank(stub, pb, args):
     for it in resp.items:
         flag = "  (not in catalog: unscored)" if it.unscored else ""
         print(f"{it.rank:>4}  {it.item_id:<16} {it.score:>9.4f}{flag}")
+        if it.HasField("explanation"):
+            e = it.explanation
+            steps = " ".join(f"{a.rule} {a.delta:+.4f}" for a in e.adjustments)
+            notes = "; ".join(f"{n.rule}: {n.text}" for n in e.notes)
+            print(f"        model {e.model_score:.4f} {steps} = {e.final_score:.4f}" + (f"  [{notes}]" if notes else ""))
+    for f in resp.filtered:
+        print(f"   -  {f.item_id:<16} filtered by {f.rule}")
     print("stages: " + ", ".join(f"{t.stage} {t.ms:.1f} ms" for t in resp.timings))
 
 

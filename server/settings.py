@@ -72,11 +72,20 @@ class ModelSettings:
 
 
 @dataclass
+class RulesSettings:
+    # YAML rules file (see server/rules/example_rules.yaml); empty: no rules, model order.
+    path: str = ""
+    # How often the file is checked for changes (seconds).
+    reload_interval_s: float = 1.0
+
+
+@dataclass
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     triton: TritonSettings = field(default_factory=TritonSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
     model: ModelSettings = field(default_factory=ModelSettings)
+    rules: RulesSettings = field(default_factory=RulesSettings)
 
 
 def parse_weights(text: str, field: str = "model.event_weights") -> dict[str, float]:

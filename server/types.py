@@ -25,10 +25,22 @@ class RerankRequest:
     top_n: int = 0
     context: RequestContext = field(default_factory=RequestContext)
     rule_set: str = ""
+    rule_overrides: dict[str, str] = field(default_factory=dict)
     explain: bool = False
     request_id: str = ""
     # Seconds left before the caller's deadline; None when the caller set none.
     timeout_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Explanation:
+    """``final_score == model_score + sum(delta for _, delta in adjustments)`` (float64)."""
+
+    model_score: float
+    retrieval_score: float | None
+    adjustments: tuple[tuple[str, float], ...]
+    final_score: float
+    notes: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(slots=True)
@@ -38,7 +50,7 @@ class ScoredItem:
     rank: int = 0
     model_score: float = 0.0
     unscored: bool = False
-    explanation: str = ""
+    explanation: Explanation | None = None
 
 
 @dataclass(slots=True)

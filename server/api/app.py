@@ -18,6 +18,7 @@ from server.core.pipeline import Pipeline, PipelineConfig
 from server.core.score_cache import ScoreCache
 from server.features import open_store
 from server.features.cache import ItemCache
+from server.rules import RulesProvider
 from server.settings import Settings, parse_weights
 from server.triton.client import TritonScorer
 from server.triton.models import ModelWatcher
@@ -50,17 +51,20 @@ class Gateway:
         self.models = ModelWatcher(self.scorer, settings.triton.model_repository,
                                    settings.triton.model_name,
                                    pinned_version=settings.triton.model_version)
+        self.rules = RulesProvider(settings.rules.path or None)
         self.item_cache = ItemCache(self.store, settings.store.item_cache_size,
                                     ttl_s=settings.store.item_cache_ttl_s or None)
         self.pipeline = Pipeline(pipeline_config(settings), self.store, self.scorer, self.models,
                                  Admission(settings.server.max_in_flight), items=self.item_cache,
-                                 score_cache=ScoreCache(settings.server.score_cache_size))
+                                 score_cache=ScoreCache(settings.server.score_cache_size),
+                                 rules=self.rules)
         self.health = health.aio.HealthServicer()
         self.server = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", 16 * 1024 * 1024),
         ])
         self.port: int | None = None
         self._watch_task: asyncio.Task | None = None
+        self._rules_task: asyncio.Task | None = None
 
     async def start(self) -> int:
         """Bind and start serving; returns the bound port (useful with port 0)."""
@@ -78,6 +82,8 @@ class Gateway:
         await self.models.refresh()
         await self._set_health()
         self._watch_task = asyncio.create_task(self._watch_models())
+        self._rules_task = (asyncio.create_task(self.rules.watch(self.settings.rules.reload_interval_s))
+                            if self.settings.rules.path else None)
         return self.port
 
     async def _set_health(self) -> None:
@@ -99,10 +105,11 @@ class Gateway:
         """Stop accepting, let in-flight requests finish (up to ``grace_s``), close clients."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace_s)
-        if self._watch_task:
-            self._watch_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watch_task
+        for task in (self._watch_task, self._rules_task):
+            if task:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self.scorer.close()
         await self.store.close()
 

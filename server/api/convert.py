@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from server.api.pb import reranker_pb2 as pb
-from server.types import Candidate, Event, Item, RequestContext, RerankRequest, RerankResponse
+from server.types import Candidate, Event, Explanation, Item, RequestContext, RerankRequest, RerankResponse
 
 
 def rerank_request(msg, *, request_id: str, timeout_s: float | None) -> RerankRequest:
@@ -17,16 +17,27 @@ def rerank_request(msg, *, request_id: str, timeout_s: float | None) -> RerankRe
         top_n=msg.top_n,
         context=RequestContext(tuple(msg.context.session_item_ids), msg.context.text),
         rule_set=msg.rule_set,
+        rule_overrides=dict(msg.rule_overrides),
         explain=msg.explain,
         request_id=request_id,
         timeout_s=timeout_s,
     )
 
 
+def explanation(e: Explanation | None):
+    if e is None:
+        return None
+    return pb.Explanation(
+        model_score=e.model_score, retrieval_score=e.retrieval_score, final_score=e.final_score,
+        adjustments=[pb.Adjustment(rule=r, delta=d) for r, d in e.adjustments],
+        notes=[pb.RuleNote(rule=r, text=t) for r, t in e.notes])
+
+
 def rerank_response(resp: RerankResponse):
     return pb.RerankResponse(
         items=[pb.ScoredItem(item_id=i.item_id, score=i.score, rank=i.rank, model_score=i.model_score,
-                             unscored=i.unscored, explanation=i.explanation) for i in resp.items],
+                             unscored=i.unscored, explanation=explanation(i.explanation))
+               for i in resp.items],
         model_name=resp.model_name,
         model_version=resp.model_version,
         timings=[pb.StageTiming(stage=k, ms=v) for k, v in resp.timings_ms.items()],

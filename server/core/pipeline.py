@@ -1,4 +1,4 @@
-"""The request pipeline: validate -> features -> render + tokenize -> infer -> rank.
+"""The request pipeline: validate -> features -> render + tokenize -> infer -> rules.
 
 Transport-free: takes and returns ``server.types`` objects and raises ``server.errors``.
 """
@@ -13,11 +13,12 @@ from typing import Protocol
 import numpy as np
 
 from server.core.admission import Admission
-from server.core.score_cache import ScoreCache
 from server.core.render import Renderer
+from server.core.score_cache import ScoreCache
 from server.core.validate import validate_events, validate_items, validate_rerank
 from server.errors import DeadlineExceeded
-from server.types import Event, Item, RecordResult, RerankRequest, RerankResponse, ScoredItem
+from server.rules import RuleCandidate, RulesProvider, apply_overrides, apply_rules
+from server.types import Event, Item, RecordResult, RerankRequest, RerankResponse
 
 
 class Scorer(Protocol):
@@ -61,8 +62,11 @@ class Pipeline:
     """One object per gateway; safe for concurrent requests on one event loop."""
 
     def __init__(self, config: PipelineConfig, store, scorer: Scorer, models: ModelSource,
-                 admission: Admission | None = None, items=None, score_cache: ScoreCache | None = None):
+                 admission: Admission | None = None, items=None, score_cache: ScoreCache | None = None,
+                 rules: RulesProvider | None = None):
         self.config = config
+        # Business rules (server.rules); without a file: the empty default set (model order).
+        self.rules = rules or RulesProvider(None)
         self.score_cache = score_cache or ScoreCache(0)
         self.store = store
         # Item lookups go through a cache when given one (``server.features.cache.ItemCache``).
@@ -79,6 +83,10 @@ class Pipeline:
         watch = _Stopwatch()
         cfg = self.config
         validate_rerank(req, max_candidates=cfg.max_candidates)
+        # Resolve the rule set before any work: an unknown name or a forbidden override fails fast.
+        ruleset = self.rules.get(req.rule_set)
+        if req.rule_overrides:
+            ruleset = apply_overrides(ruleset, req.rule_overrides)
         model = self.models.require()
         budget_s = req.timeout_s if req.timeout_s is not None else cfg.default_timeout_s
         watch.mark("validate")
@@ -120,21 +128,18 @@ class Pipeline:
                 scores[k] = float(s)
         watch.mark("infer")
 
-        ranked = [ScoredItem(item_id=req.candidates[idx].item_id, score=float(s), model_score=float(s))
-                  for (idx, _), s in zip(scoreable, scores)]
-        # Deterministic order: score desc, then item id.
-        ranked.sort(key=lambda it: (-it.score, it.item_id))
-        scored_ids = {it.item_id for it in ranked}
-        ranked += [ScoredItem(item_id=c.item_id, score=0.0, unscored=True)
-                   for c in req.candidates if c.item_id not in scored_ids]
-        if req.top_n:
-            ranked = ranked[:req.top_n]
-        for pos, it in enumerate(ranked, start=1):
-            it.rank = pos
-        watch.mark("rank")
+        model_scores = {idx: scores[k] for k, (idx, _) in enumerate(scoreable)}
+        item_at = dict(scoreable)
+        outcome = apply_rules(
+            ruleset,
+            [RuleCandidate.of(c, item_at.get(idx), model_scores.get(idx)) for idx, c in enumerate(req.candidates)],
+            history=events, now=time.time(), top_n=req.top_n)
+        ranked = outcome.to_scored_items(explain=req.explain)
+        watch.mark("rules")
         watch.stages["total"] = watch.elapsed_s() * 1000.0
         return RerankResponse(items=ranked, model_name=model.name, model_version=model.version,
-                              timings_ms=watch.stages, request_id=req.request_id)
+                              timings_ms=watch.stages, request_id=req.request_id,
+                              filtered=outcome.filtered if req.explain else [])
 
     async def record_events(self, events: Sequence[Event]) -> RecordResult:
         validate_events(events, now=time.time(), max_events=self.config.max_events_per_call)
