@@ -14,6 +14,7 @@ from server.api.pb import reranker_pb2 as pb
 from server.core.model_spec import Manifest
 from server.core.render import render_item, render_user
 from server.core.tokenize import PairTokenizer
+from server.devstack import grpc_health
 from server.types import Item
 
 pytestmark = pytest.mark.integration
@@ -56,7 +57,7 @@ def _direct_scores(stack, history: list[Item], items: list[Item]) -> np.ndarray:
 
 def test_health_not_serving_before_model_load_then_serving(stack):
     assert stack.health_before_load == "NOT_SERVING"
-    assert stack.health() == "SERVING"
+    assert grpc_health(stack.addr) == "SERVING"
 
 
 def test_ranking_equals_sorting_direct_onnxruntime_scores(stack, stub):

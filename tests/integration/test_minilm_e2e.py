@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import grpc
 import numpy as np
 import pytest
 
@@ -27,7 +28,7 @@ def minilm_stack(tmp_path_factory):
 def test_minilm_export_serve_rerank(minilm_stack):
     from server.api.pb import reranker_pb2_grpc
 
-    with minilm_stack.channel() as ch:
+    with grpc.insecure_channel(minilm_stack.addr) as ch:
         stub = reranker_pb2_grpc.RerankerStub(ch)
         stub.UpsertItems(pb.UpsertItemsRequest(items=[
             pb.Item(item_id="a", title="Toy Story", attributes={"genres": "Animation|Comedy"}),
