@@ -80,12 +80,21 @@ class RulesSettings:
 
 
 @dataclass
+class TelemetrySettings:
+    # Trace exporter: "none" or "console" (JSON spans on stdout). Spans join the caller's
+    # W3C traceparent and the context goes on to Triton in the inference headers.
+    traces: str = "none"
+    service_name: str = "rerankd"
+
+
+@dataclass
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     triton: TritonSettings = field(default_factory=TritonSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
     model: ModelSettings = field(default_factory=ModelSettings)
     rules: RulesSettings = field(default_factory=RulesSettings)
+    telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
 
 
 def parse_weights(text: str, field: str = "model.event_weights") -> dict[str, float]:

@@ -20,6 +20,7 @@ from server.features import open_store
 from server.features.cache import ItemCache
 from server.rules import RulesProvider
 from server.settings import Settings, parse_weights
+from server.telemetry import Telemetry
 from server.triton.client import TritonScorer
 from server.triton.models import ModelWatcher
 
@@ -52,12 +53,13 @@ class Gateway:
                                    settings.triton.model_name,
                                    pinned_version=settings.triton.model_version)
         self.rules = RulesProvider(settings.rules.path or None)
+        self.telemetry = Telemetry(settings.telemetry.traces, settings.telemetry.service_name)
         self.item_cache = ItemCache(self.store, settings.store.item_cache_size,
                                     ttl_s=settings.store.item_cache_ttl_s or None)
         self.pipeline = Pipeline(pipeline_config(settings), self.store, self.scorer, self.models,
                                  Admission(settings.server.max_in_flight), items=self.item_cache,
                                  score_cache=ScoreCache(settings.server.score_cache_size),
-                                 rules=self.rules)
+                                 rules=self.rules, telemetry=self.telemetry)
         self.health = health.aio.HealthServicer()
         self.server = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", 16 * 1024 * 1024),
@@ -68,7 +70,7 @@ class Gateway:
 
     async def start(self) -> int:
         """Bind and start serving; returns the bound port (useful with port 0)."""
-        pb_grpc.add_RerankerServicer_to_server(RerankerServicer(self.pipeline), self.server)
+        pb_grpc.add_RerankerServicer_to_server(RerankerServicer(self.pipeline, self.telemetry), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
@@ -112,6 +114,7 @@ class Gateway:
                     await task
         await self.scorer.close()
         await self.store.close()
+        self.telemetry.shutdown()
 
     async def wait(self) -> None:
         await self.server.wait_for_termination()

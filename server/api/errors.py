@@ -1,4 +1,5 @@
-"""The one table from core errors to gRPC status codes, and the handler that applies it."""
+"""The one table from core errors to gRPC status codes, and the per-RPC wrapper that applies
+it (and opens the RPC's trace span, joined to the caller's ``traceparent``)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import logging
 import uuid
 
 import grpc
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from server.errors import RerankdError
 
@@ -32,19 +34,29 @@ def request_id_of(context: grpc.aio.ServicerContext) -> str:
 
 
 def grpc_errors(method):
-    """Map typed errors to their status; anything else becomes INTERNAL without a traceback."""
+    """Map typed errors to their status; anything else becomes INTERNAL without a traceback.
+
+    The servicer's ``telemetry`` opens a SERVER span per call in the caller's trace.
+    """
 
     @functools.wraps(method)
     async def wrapper(self, request, context: grpc.aio.ServicerContext):
         request_id = request_id_of(context)
-        try:
-            return await method(self, request, context, request_id)
-        except RerankdError as exc:
-            await context.abort(STATUS_BY_NAME.get(exc.status, grpc.StatusCode.INTERNAL), str(exc))
-        except grpc.aio.AbortError:
-            raise
-        except Exception:
-            log.exception("internal error in %s (request id %s)", method.__name__, request_id)
-            await context.abort(grpc.StatusCode.INTERNAL, f"internal error (request id {request_id})")
+        telemetry = self.telemetry
+        with telemetry.tracer.start_as_current_span(
+                f"rerank.v1.Reranker/{method.__name__}", kind=SpanKind.SERVER,
+                context=telemetry.extract(context.invocation_metadata())) as span:
+            span.set_attribute("rerank.request_id", request_id)
+            try:
+                return await method(self, request, context, request_id)
+            except RerankdError as exc:
+                span.set_status(Status(StatusCode.ERROR, exc.status))
+                await context.abort(STATUS_BY_NAME.get(exc.status, grpc.StatusCode.INTERNAL), str(exc))
+            except grpc.aio.AbortError:
+                raise
+            except Exception:
+                span.set_status(Status(StatusCode.ERROR, "INTERNAL"))
+                log.exception("internal error in %s (request id %s)", method.__name__, request_id)
+                await context.abort(grpc.StatusCode.INTERNAL, f"internal error (request id {request_id})")
 
     return wrapper

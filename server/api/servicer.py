@@ -9,11 +9,13 @@ from server.api.errors import grpc_errors
 from server.api.pb import reranker_pb2 as pb
 from server.api.pb import reranker_pb2_grpc as pb_grpc
 from server.core.pipeline import Pipeline
+from server.telemetry import Telemetry
 
 
 class RerankerServicer(pb_grpc.RerankerServicer):
-    def __init__(self, pipeline: Pipeline):
+    def __init__(self, pipeline: Pipeline, telemetry: Telemetry):
         self.pipeline = pipeline
+        self.telemetry = telemetry
 
     @grpc_errors
     async def Rerank(self, request, context: grpc.aio.ServicerContext, request_id: str):

@@ -18,11 +18,13 @@ from server.core.score_cache import ScoreCache
 from server.core.validate import validate_events, validate_items, validate_rerank
 from server.errors import DeadlineExceeded
 from server.rules import RuleCandidate, RulesProvider, apply_overrides, apply_rules
+from server.telemetry import Telemetry
 from server.types import Event, Item, RecordResult, RerankRequest, RerankResponse
 
 
 class Scorer(Protocol):
-    async def score(self, batch, spec, version: str, timeout_s: float | None = None) -> np.ndarray: ...
+    async def score(self, batch, spec, version: str, timeout_s: float | None = None,
+                    headers: dict[str, str] | None = None) -> np.ndarray: ...
 
 
 class ModelSource(Protocol):
@@ -44,10 +46,12 @@ class _Stopwatch:
     def __init__(self):
         self.start = self._last = time.perf_counter()
         self.stages: dict[str, float] = {}
+        self.spans: dict[str, tuple[float, float]] = {}
 
     def mark(self, stage: str) -> None:
         now = time.perf_counter()
         self.stages[stage] = (now - self._last) * 1000.0
+        self.spans[stage] = (self._last, now)
         self._last = now
 
     def elapsed_s(self) -> float:
@@ -63,8 +67,9 @@ class Pipeline:
 
     def __init__(self, config: PipelineConfig, store, scorer: Scorer, models: ModelSource,
                  admission: Admission | None = None, items=None, score_cache: ScoreCache | None = None,
-                 rules: RulesProvider | None = None):
+                 rules: RulesProvider | None = None, telemetry: Telemetry | None = None):
         self.config = config
+        self.telemetry = telemetry or Telemetry("none")
         # Business rules (server.rules); without a file: the empty default set (model order).
         self.rules = rules or RulesProvider(None)
         self.score_cache = score_cache or ScoreCache(0)
@@ -122,7 +127,8 @@ class Pipeline:
             remaining = budget_s - watch.elapsed_s()
             if remaining <= 0:
                 raise DeadlineExceeded("deadline passed before inference")
-            fresh = await self.scorer.score(batch, model.spec, model.version, timeout_s=remaining)
+            fresh = await self.scorer.score(batch, model.spec, model.version, timeout_s=remaining,
+                                            headers=self.telemetry.headers())
             self.score_cache.store(model.version, user_text, [item_texts[k] for k in todo], fresh)
             for k, s in zip(todo, fresh):
                 scores[k] = float(s)
@@ -137,6 +143,7 @@ class Pipeline:
         ranked = outcome.to_scored_items(explain=req.explain)
         watch.mark("rules")
         watch.stages["total"] = watch.elapsed_s() * 1000.0
+        self.telemetry.record_stages(watch.spans)
         return RerankResponse(items=ranked, model_name=model.name, model_version=model.version,
                               timings_ms=watch.stages, request_id=req.request_id,
                               filtered=outcome.filtered if req.explain else [])

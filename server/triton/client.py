@@ -44,20 +44,20 @@ class TritonScorer:
             return False
 
     async def score(self, batch: EncodedBatch, spec: ModelSpec, version: str,
-                    timeout_s: float | None = None) -> np.ndarray:
+                    timeout_s: float | None = None, headers: dict[str, str] | None = None) -> np.ndarray:
         """Scores for every row of ``batch`` (float32 [n]).
 
         Chunks of at most ``max_batch_size`` rows go out concurrently; Triton's dynamic
         batcher may merge them with other callers' chunks.
         """
         step = spec.max_batch_size
-        chunks = [self._infer(batch.rows(i, i + step), spec, version, timeout_s)
+        chunks = [self._infer(batch.rows(i, i + step), spec, version, timeout_s, headers)
                   for i in range(0, len(batch), step)]
         parts = await asyncio.gather(*chunks)
         return np.concatenate(parts) if parts else np.zeros(0, np.float32)
 
     async def _infer(self, arrays: dict[str, np.ndarray], spec: ModelSpec, version: str,
-                     timeout_s: float | None) -> np.ndarray:
+                     timeout_s: float | None, headers: dict[str, str] | None) -> np.ndarray:
         inputs = []
         for name in spec.input_names:
             arr = arrays[name]
@@ -68,7 +68,7 @@ class TritonScorer:
         try:
             result = await self._client.infer(
                 spec.name, inputs, model_version=version, outputs=outputs,
-                client_timeout=timeout_s)
+                client_timeout=timeout_s, headers=headers or None)
         except InferenceServerException as exc:
             raise _translate(exc) from None
         return result.as_numpy(spec.output_name).reshape(-1).astype(np.float32)

@@ -31,7 +31,7 @@ class LengthScorer:
     def __init__(self):
         self.calls = []
 
-    async def score(self, batch, spec, version, timeout_s=None):
+    async def score(self, batch, spec, version, timeout_s=None, headers=None):
         self.calls.append((len(batch), timeout_s))
         return batch.arrays["attention_mask"].sum(axis=1).astype(np.float32)
 
