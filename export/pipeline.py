@@ -23,12 +23,24 @@ def has_version(repo: Path, name: str) -> bool:
 def run_export(hf_dir: Path | None, repo: Path, *, spec: ModelSpec | None = None,
                backend_src: Path = DEFAULT_BACKEND_SRC, tolerance: float = 1e-3,
                training: dict | None = None, metrics: dict | None = None,
-               log: Callable[[str], None] = print) -> tuple[int, float]:
+               render: dict | None = None, extra_pairs: list[tuple[str, str]] | None = None,
+               base_model: str | None = None,
+               log: Callable[[str], None] = print, engine: str = "onnxruntime",
+               parameters: dict[str, str] | None = None) -> tuple[int, float]:
     """Export the Hugging Face cross-encoder in ``hf_dir`` (default: packaged MiniLM-L6) as a
     new version of ``repo``; returns (version, max abs torch/ONNX score difference).
 
+    ``render`` (``RenderOptions.to_dict()``) goes into the manifest: the gateway renders
+    text for this version with it. ``extra_pairs`` are verified too (e.g. pairs rendered
+    with the model's own options, so its added tokens are exercised). ``base_model`` labels
+    the manifest (default: described from ``hf_dir``; a fine-tune names its own base).
+
     Raises ExportVerificationError (and writes nothing) when the difference on the sample
     pairs exceeds ``tolerance``.
+
+    ``engine`` (see ``export.engines``) adds that engine's files to the version, checks its
+    scores against fp32 (EngineCheckError, nothing written, beyond tolerance) and names it in
+    ``config.pbtxt``; ``parameters`` override config.pbtxt parameters (threads, sub_batch...).
     """
     import onnxruntime
     import torch
@@ -62,18 +74,31 @@ def run_export(hf_dir: Path | None, repo: Path, *, spec: ModelSpec | None = None
     with tempfile.TemporaryDirectory(prefix="rerankd-export-") as tmp:
         onnx_path = step("onnx export", export_onnx, model, spec, Path(tmp) / "model.onnx", opset=opset)
         tokenizer = PairTokenizer.from_file(hf_dir / "tokenizer.json", spec)
-        pairs = sample_pairs()
+        pairs = sample_pairs() + list(extra_pairs or [])
         diff = step(f"verify on {len(pairs)} sample pairs", verify_pairs, model, onnx_path,
                     tokenizer, pairs, tolerance=tolerance)
         log(f"export: max abs diff torch vs onnxruntime = {diff:.3g} (tolerance {tolerance:g})")
+        from export.engines import ENGINE_PARAMETERS, prepare_engine
+        from export.write_repo import DEFAULT_PARAMETERS
+
+        config_parameters = None
+        if engine != "onnxruntime" or parameters:
+            config_parameters = {**DEFAULT_PARAMETERS, **ENGINE_PARAMETERS[engine],
+                                 **({"engine": engine} if engine != "onnxruntime" else {}),
+                                 **(parameters or {})}
+        engine_files, engine_check = step(f"engine {engine}", prepare_engine, engine, onnx_path,
+                                          tokenizer, Path(tmp), backend_src, params=config_parameters,
+                                          render=render, log=log)
         manifest = Manifest(
-            spec=spec, base_model=describe_base_model(hf_dir), engine="onnxruntime",
-            training=dict(training or {}), metrics=dict(metrics or {}),
+            spec=spec, base_model=base_model or describe_base_model(hf_dir), engine=engine,
+            training=dict(training or {}), metrics=dict(metrics or {}), render=dict(render or {}),
             export_check={"max_abs_diff": diff, "tolerance": tolerance, "pairs": len(pairs),
                           "opset": opset, "torch": torch.__version__,
-                          "onnxruntime": onnxruntime.__version__},
+                          "onnxruntime": onnxruntime.__version__,
+                          **({"engine_check": engine_check} if engine_check else {})},
         )
         version = step(f"write version in {Path(repo) / spec.name}", write_version, repo, spec,
-                       onnx_path, hf_dir, manifest, backend_src=backend_src)
+                       onnx_path, hf_dir, manifest, backend_src=backend_src,
+                       parameters=config_parameters, extra_files=engine_files)
     log(f"export: wrote {Path(repo) / spec.name / str(version)}")
     return version, diff

@@ -51,9 +51,11 @@ def write_config(repo: Path, spec: ModelSpec, *, backend: str = "python",
 
 def write_version(repo: Path, spec: ModelSpec, onnx_path: Path, tokenizer_dir: Path,
                   manifest: Manifest, *, backend_src: Path,
-                  parameters: dict[str, str] | None = None) -> int:
+                  parameters: dict[str, str] | None = None,
+                  extra_files: dict[str, Path] | None = None) -> int:
     """Create ``<repo>/<spec.name>/<N>/`` with model.onnx, model.py, the tokenizer files and
-    manifest.json, and (re)write ``config.pbtxt``; returns N.
+    manifest.json, and (re)write ``config.pbtxt``; returns N. ``extra_files`` (name in the
+    version -> file or folder) adds an engine variant's files (``export.engines``).
 
     The version is assembled in ``<repo>/<spec.name>/.tmp-*`` and renamed into place, so a
     reader sees either nothing or a complete version; an existing version is never touched
@@ -72,6 +74,11 @@ def write_version(repo: Path, spec: ModelSpec, onnx_path: Path, tokenizer_dir: P
         shutil.copyfile(onnx_path, tmp / "model.onnx")
         shutil.copyfile(backend_src, tmp / "model.py")
         copy_tokenizer_files(Path(tokenizer_dir), tmp)
+        for name, src in (extra_files or {}).items():
+            if Path(src).is_dir():
+                shutil.copytree(src, tmp / name)
+            else:
+                shutil.copyfile(src, tmp / name)
         manifest.write(tmp / "manifest.json")
         os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
         write_config(repo, spec, parameters=parameters)

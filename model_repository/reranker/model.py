@@ -1,8 +1,26 @@
-"""Triton Python-backend model: the cross-encoder reranker run by ONNX Runtime on CPU.
+"""Triton Python-backend model: the cross-encoder reranker on CPU.
 
-``export`` copies this file into every version folder next to ``model.onnx``. Triton's
-dynamic batcher hands ``execute`` several callers' requests at once; we run them as one
-ONNX Runtime call per sequence length and split the scores back.
+``export`` copies this file into every version folder next to ``model.onnx`` (and the
+engine's own files, see ``export/engines.py``). Triton's dynamic batcher hands ``execute``
+several callers' requests at once; we join their rows, sort them by real length, and run
+the engine on length-homogeneous sub-batches trimmed to their own longest row, then split
+the scores back.
+
+The engine is chosen by ``config.pbtxt`` parameters (all optional):
+
+    engine            onnxruntime (default, model.onnx, fp32) | onnxruntime_int8
+                      (model.int8.onnx, dynamic int8) | openvino (model.onnx read by
+                      OpenVINO) | openvino_int8 (openvino_int8/model.xml, static int8)
+    precision         OpenVINO inference precision: bf16 (default) | f32
+    intra_op_threads  engine threads (0: the engine's default)
+    sub_batch         rows per engine call after sorting by length (default 32; 0: one
+                      call for all rows, trimmed to the longest)
+    trim_padding      true (default) | false: cut trailing all-padding columns
+    allow_spinning    ONNX Runtime worker spin-wait: 1 (ORT default) | 0
+    cpu_pinning       OpenVINO thread pinning: false (default here) | true (OpenVINO's default)
+
+Importable outside Triton (perf, tests): ``load_scorer(version_dir, params)`` gives the
+exact engine and batching the server runs.
 """
 
 from __future__ import annotations
@@ -10,19 +28,171 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections import defaultdict
 
 # The backend stub embeds an isolated interpreter that ignores PYTHONPATH; the launcher
 # (server.triton.launcher) puts the gateway's venv there, so honour it by hand.
 sys.path[:0] = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p not in sys.path]
 
 import numpy as np  # noqa: E402
-import onnxruntime as ort  # noqa: E402
-import triton_python_backend_utils as pb_utils  # noqa: E402
+
+try:  # only inside Triton's backend stub
+    import triton_python_backend_utils as pb_utils  # noqa: E402
+except ImportError:  # imported by perf/ and tests for the engines
+    pb_utils = None
+
+# engine name -> file it needs in the version folder
+ENGINE_FILES = {
+    "onnxruntime": "model.onnx",
+    "onnxruntime_int8": "model.int8.onnx",
+    "openvino": "model.onnx",
+    "openvino_int8": "openvino_int8/model.xml",
+}
+DEFAULTS = {"engine": "onnxruntime", "precision": "bf16", "intra_op_threads": "0",
+            "sub_batch": "32", "trim_padding": "true", "allow_spinning": "1", "cpu_pinning": "false"}
+TRIM_MULTIPLE = 8  # trimmed lengths are rounded up to this (fewer distinct shapes)
 
 
-def _param(config: dict, key: str, default: str) -> str:
-    return config.get("parameters", {}).get(key, {}).get("string_value", default)
+class EngineError(RuntimeError):
+    """The configured engine cannot be loaded (unknown name, missing file or package)."""
+
+
+def _param(config: dict, key: str) -> str:
+    return config.get("parameters", {}).get(key, {}).get("string_value", DEFAULTS[key])
+
+
+class OrtEngine:
+    def __init__(self, path: str, output_name: str, threads: int, allow_spinning: bool = True):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if not allow_spinning:
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+        self.output_name = output_name
+        self.input_names = [i.name for i in self.session.get_inputs()]
+
+    def run(self, feed: dict[str, np.ndarray]) -> np.ndarray:
+        return self.session.run([self.output_name], feed)[0]
+
+
+class OpenVinoEngine:
+    def __init__(self, path: str, output_name: str, threads: int, precision: str = "bf16",
+                 cpu_pinning: bool = False):
+        import openvino as ov
+
+        core = ov.Core()
+        # Pinning (OpenVINO's default on Linux) puts every instance's threads on the same
+        # first cores: two Triton instances then share one core while the other idles.
+        config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY",
+                  "NUM_STREAMS": "1", "ENABLE_CPU_PINNING": bool(cpu_pinning)}
+        if threads > 0:
+            config["INFERENCE_NUM_THREADS"] = threads
+        self.compiled = core.compile_model(core.read_model(path), "CPU", config)
+        self.request = self.compiled.create_infer_request()
+        self.input_names = [p.get_any_name() for p in self.compiled.inputs]
+        self.output = self.compiled.output(0)
+
+    def run(self, feed: dict[str, np.ndarray]) -> np.ndarray:
+        return self.request.infer(feed)[self.output]
+
+
+def load_engine(version_dir: str, output_name: str, params: dict[str, str]):
+    p = {**DEFAULTS, **params}
+    engine, threads = p["engine"], int(p["intra_op_threads"])
+    if engine not in ENGINE_FILES:
+        raise EngineError(f"unknown engine {engine!r}; known: {sorted(ENGINE_FILES)}")
+    path = os.path.join(version_dir, ENGINE_FILES[engine])
+    if not os.path.isfile(path):
+        raise EngineError(f"engine {engine!r} needs {ENGINE_FILES[engine]} in {version_dir}: "
+                          f"export this version with that engine (rerankd export --engine {engine})")
+    try:
+        if engine.startswith("onnxruntime"):
+            return OrtEngine(path, output_name, threads, p["allow_spinning"] != "0")
+        return OpenVinoEngine(path, output_name, threads, p["precision"],
+                              p["cpu_pinning"].lower() in ("1", "true", "yes"))
+    except ImportError as exc:
+        raise EngineError(f"engine {engine!r} needs a package that is not installed: {exc}") from None
+
+
+def row_lengths(mask: np.ndarray) -> np.ndarray:
+    """1 + index of the last attended position of each row (0 for an all-padding row)."""
+    width = mask.shape[1]
+    attended = mask != 0
+    last = width - np.argmax(attended[:, ::-1], axis=1)
+    return np.where(attended.any(axis=1), last, 0)
+
+
+class Scorer:
+    """An engine plus the batching policy: join, sort by length, trim, run, unsort."""
+
+    def __init__(self, engine, input_names, *, sub_batch: int = 32, trim_padding: bool = True,
+                 mask_name: str = "attention_mask"):
+        self.engine = engine
+        self.input_names = list(input_names)
+        self.sub_batch = max(0, int(sub_batch))
+        self.mask_name = mask_name if (trim_padding and mask_name in self.input_names) else None
+
+    def score(self, arrays: dict[str, np.ndarray]) -> np.ndarray:
+        """Scores float32 ``[n]`` for int64 arrays ``[n, seq]`` keyed by input name."""
+        n = arrays[self.input_names[0]].shape[0]
+        out = np.empty(n, np.float32)
+        if n == 0:
+            return out
+        if self.mask_name is None:
+            order = np.arange(n)
+            lengths = np.full(n, arrays[self.input_names[0]].shape[1])
+        else:
+            lengths = row_lengths(arrays[self.mask_name])
+            order = np.argsort(lengths, kind="stable")
+        step = self.sub_batch or n
+        for start in range(0, n, step):
+            rows = order[start:start + step]
+            width = arrays[self.input_names[0]].shape[1]
+            if self.mask_name is not None:
+                longest = max(int(lengths[rows].max()), 1)
+                width = min(width, -(-longest // TRIM_MULTIPLE) * TRIM_MULTIPLE)
+            feed = {k: np.ascontiguousarray(arrays[k][rows, :width]) for k in self.input_names}
+            out[rows] = np.asarray(self.engine.run(feed), dtype=np.float32).reshape(-1)
+        return out
+
+    def score_many(self, parts: list[dict[str, np.ndarray]]) -> list[np.ndarray]:
+        """Scores for several requests at once (possibly of different padded widths)."""
+        first = self.input_names[0]
+        if len(parts) == 1:
+            return [self.score(parts[0])]
+        if self.mask_name is None:
+            # Without trimming, padding a shorter request to a longer one would only cost
+            # compute: join requests of equal width only.
+            groups: dict[int, list[int]] = {}
+            for i, p in enumerate(parts):
+                groups.setdefault(p[first].shape[1], []).append(i)
+        else:
+            groups = {0: list(range(len(parts)))}
+        out: list[np.ndarray] = [np.zeros(0, np.float32)] * len(parts)
+        for members in groups.values():
+            width = max(parts[i][first].shape[1] for i in members)
+            joined = {k: np.concatenate([np.pad(parts[i][k], ((0, 0), (0, width - parts[i][k].shape[1])))
+                                         for i in members]) for k in self.input_names}
+            scores = self.score(joined)
+            sizes = np.cumsum([parts[i][first].shape[0] for i in members])[:-1]
+            for i, s in zip(members, np.split(scores, sizes)):
+                out[i] = s
+        return out
+
+
+def load_scorer(version_dir: str, params: dict[str, str] | None = None,
+                input_names=("input_ids", "attention_mask", "token_type_ids"),
+                output_name: str = "score") -> Scorer:
+    p = {**DEFAULTS, **(params or {})}
+    engine = load_engine(version_dir, output_name, p)
+    missing = [n for n in input_names if n not in engine.input_names]
+    if missing:
+        raise EngineError(f"{ENGINE_FILES[p['engine']]} lacks inputs {missing}")
+    return Scorer(engine, input_names, sub_batch=int(p["sub_batch"]),
+                  trim_padding=p["trim_padding"].lower() in ("1", "true", "yes"))
 
 
 class TritonPythonModel:
@@ -31,34 +201,18 @@ class TritonPythonModel:
         version_dir = os.path.join(args["model_repository"], args["model_version"])
         self.input_names = [i["name"] for i in config["input"]]
         self.output_name = config["output"][0]["name"]
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = int(_param(config, "intra_op_threads", "0"))
-        opts.inter_op_num_threads = 1
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(
-            os.path.join(version_dir, "model.onnx"), opts, providers=["CPUExecutionProvider"])
-        session_inputs = {i.name for i in self.session.get_inputs()}
-        missing = [n for n in self.input_names if n not in session_inputs]
-        if missing:
-            raise pb_utils.TritonModelException(f"model.onnx lacks inputs {missing}")
+        params = {k: _param(config, k) for k in DEFAULTS}
+        try:
+            self.scorer = load_scorer(version_dir, params, self.input_names, self.output_name)
+        except EngineError as exc:
+            raise pb_utils.TritonModelException(str(exc)) from None
 
     def execute(self, requests):
         arrays = [{n: pb_utils.get_input_tensor_by_name(r, n).as_numpy() for n in self.input_names}
                   for r in requests]
-        # Requests with the same sequence length share one engine call.
-        groups: dict[int, list[int]] = defaultdict(list)
-        for idx, a in enumerate(arrays):
-            groups[a[self.input_names[0]].shape[1]].append(idx)
-        scores: list[np.ndarray | None] = [None] * len(requests)
-        for members in groups.values():
-            feed = {n: np.concatenate([arrays[i][n] for i in members]) for n in self.input_names}
-            out = self.session.run([self.output_name], feed)[0].astype(np.float32).reshape(-1, 1)
-            start = 0
-            for i in members:
-                rows = arrays[i][self.input_names[0]].shape[0]
-                scores[i] = out[start:start + rows]
-                start += rows
-        return [pb_utils.InferenceResponse([pb_utils.Tensor(self.output_name, s)]) for s in scores]
+        scores = self.scorer.score_many(arrays)
+        return [pb_utils.InferenceResponse([pb_utils.Tensor(self.output_name, np.ascontiguousarray(s.reshape(-1, 1)))])
+                for s in scores]
 
     def finalize(self):
-        self.session = None
+        self.scorer = None

@@ -49,7 +49,7 @@ class ModelSpec:
         ``backend="python"`` runs ONNX Runtime inside Triton's Python backend (CPU);
         ``backend="tensorrt_plan"`` declares a TensorRT engine (GPU nodes).
         """
-        head = (f'platform: "tensorrt_plan"\n' if backend == "tensorrt_plan"
+        head = ('platform: "tensorrt_plan"\n' if backend == "tensorrt_plan"
                 else f'backend: "{backend}"\n')
         lines = [f'name: "{self.name}"', head.rstrip("\n"), f"max_batch_size: {self.max_batch_size}"]
         for name in self.input_names:
