@@ -130,7 +130,7 @@ def cmd_export(args) -> int:
         return 0
     source = Path(args.source) if args.source else None
     backend_src = Path(__file__).resolve().parent.parent / "model_repository" / "reranker" / "model.py"
-    version, diff = run_export(source, repo, backend_src=backend_src)
+    version, diff = run_export(source, repo, backend_src=backend_src, engine=args.engine)
     print(f"==> exported {settings.triton.model_name} version {version} (ONNX vs torch max abs diff {diff:.2e})")
     return 0
 
@@ -160,7 +160,25 @@ def cmd_data(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    """Fine-tune the reranker on MovieLens-100K and export it as the next model version."""
+    settings = _settings(args)
+    from export.train import main_args
+
+    return main_args(args, settings)
+
+
+def cmd_eval(args) -> int:
+    """Evaluate a model version through the served path and in-process; write reports/."""
+    settings = _settings(args)
+    from export.evaluate import main_args
+
+    return main_args(args, settings)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from export.engines import ENGINES
+
     p = argparse.ArgumentParser(prog="rerankd", description=__doc__.splitlines()[0])
     p.add_argument("--config", help="TOML settings file (also RERANKD_CONFIG)")
     p.add_argument("--log-level", default="INFO")
@@ -185,6 +203,10 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("export", help="export a Hugging Face cross-encoder as the next model version")
     e.add_argument("--from", dest="source", help="HF model folder (default: packaged MiniLM-L6)")
     e.add_argument("--if-missing", action="store_true", help="do nothing if a version exists")
+    e.add_argument("--engine", default="onnxruntime",
+                   choices=ENGINES,
+                   help="CPU engine in Triton's Python backend (openvino* need `pip install -e .[perf]`); "
+                        "checked against fp32 before the version is written")
     e.add_argument("--model-repository")
     e.set_defaults(func=cmd_export)
 
@@ -195,6 +217,17 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--if-empty", action="store_true", help="do nothing if the store has the items")
     d.add_argument("--store", help="sqlite:///path or redis://host:port/db")
     d.set_defaults(func=cmd_data)
+
+    from export import evaluate as _evaluate_args
+    from export import train as _train_args
+
+    tr = sub.add_parser("train", help="fine-tune the reranker on MovieLens-100K, export the next version")
+    _train_args.add_arguments(tr)
+    tr.set_defaults(func=cmd_train)
+
+    ev = sub.add_parser("eval", help="evaluate a model version (served path and in-process), write reports/")
+    _evaluate_args.add_arguments(ev)
+    ev.set_defaults(func=cmd_eval)
 
     from server import client
 

@@ -1,0 +1,118 @@
+"""Training on a slice of MovieLens-100K (a few users) with a tiny random BERT: examples,
+one training step, checkpoint + resume, the budget, export with a manifest, and the
+in-process evaluation end to end (reports written)."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from export import data as ml
+from export.data import DatasetFetchError, fetch_movielens
+
+CACHE = Path(__file__).resolve().parents[3] / ".cache" / "data"
+USERS = [str(u) for u in range(1, 7)]
+
+
+@pytest.fixture(scope="module")
+def folder():
+    try:
+        return fetch_movielens(CACHE, log=lambda _: None)
+    except DatasetFetchError as e:
+        pytest.skip(f"pip download of {ml.RECBOLE_REQUIREMENT} failed: {e}")
+
+
+@pytest.fixture(scope="module")
+def data(folder):
+    from export.train import TrainingData
+
+    return TrainingData.load(folder, users=USERS)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    pytest.importorskip("torch")
+    from export.tiny import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "hf")
+
+
+def cfg(tiny, **kw):
+    from export.train import TrainConfig
+
+    base = dict(base_model=str(tiny), max_steps=2, negatives=3, lists_per_step=2, budget_min=5,
+                checkpoint_every_min=0, blend_grid=(0.0, 0.5, 1.0))
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_training_positions_and_hard_negatives(data):
+    from export.train import ExampleSampler, TrainConfig, training_positions
+
+    split = data.split
+    pos = training_positions(split)
+    assert len(pos) == sum(len(split.history(u, "valid")) - 1 for u in split.users)
+    assert len(training_positions(split, recent_positions=5)) == 5 * len(split.users)
+    c = TrainConfig(negatives=7)
+    s1, s2 = ExampleSampler(data, c, seed=3), ExampleSampler(data, c, seed=3)
+    for u, t in pos[:40]:
+        history, positive, negs = s1.example(u, t)
+        assert (history, positive, negs) == s2.example(u, t)  # deterministic
+        seq = split.history(u, "valid")[::-1]
+        assert history == seq[:t][::-1] and positive == seq[t]
+        assert len(negs) == 7 == len(set(negs)) and not set(negs) & set(seq)  # never a train item of u
+        # hard negatives come from the retriever's top-50 for that history
+        top = {i for i, _ in data.knn.retrieve(history, 50)}
+        assert set(negs) <= top | set(data.pop[:500])
+
+
+def test_one_step_checkpoint_resume_export_and_eval(data, tiny, tmp_path, folder):
+    from export.evaluate import run_eval
+    from export.train import train
+    from server.core.model_spec import Manifest
+    from server.core.render import RenderOptions
+
+    repo, work = tmp_path / "repo", tmp_path / "work"
+    c = cfg(tiny, max_steps=1, checkpoint_every_min=1e-9)
+    res = train(c, data, repo=repo, work_dir=work, log=lambda *_: None)
+    assert res.steps == 1 and res.pairs == 2 * 4 and res.version == 1
+    assert (work / "checkpoint" / "state.pt").is_file()
+
+    res2 = train(cfg(tiny, max_steps=1, checkpoint_every_min=1e-9), data, repo=None, work_dir=work,
+                 resume=True, export=False, log=lambda *_: None)
+    assert res2.steps == 1 and res2.pairs == 0  # resumed at step 1 of 1: nothing left to do
+
+    vdir = repo / "reranker" / "1"
+    m = Manifest.read(vdir / "manifest.json")
+    assert RenderOptions.from_dict(m.render) == c.render_options() and m.render["item_tokens"]
+    assert m.training["config"]["seed"] == 0 and m.training["steps"] == 1
+    assert m.training["data"]["users"] == len(USERS) and "leave-one-out" in m.training["data"]["split"]
+    assert set(m.training["blend"]) >= {"model_weight", "retrieval_weight"}
+    assert "ndcg@10" in m.metrics["validation"]["model"]
+    assert m.base_model.startswith("fine-tuned from")
+    tok = json.loads((vdir / "tokenizer.json").read_text())
+    assert any(t["content"] == "[i50]" for t in tok["added_tokens"])
+
+    items = list(data.items.values())
+    rep = run_eval(vdir, split_name="test", paths=("in-process",), data_dir=folder, split=data.split,
+                   items=items, reports_dir=tmp_path / "reports", score_all=True, log=lambda *_: None)
+    ip = rep.paths["in-process"]
+    assert set(ip) == {"pop", "retriever", "random", "model", "final"}
+    assert ip["retriever"]["users"] == len(USERS)
+    assert rep.info["scored_lists"] == len(USERS)
+    names = sorted(Path(f).name for f in rep.info["files"])
+    assert names[:2] == ["eval-test-v1.json", "eval-test-v1.md"]
+    md = (tmp_path / "reports" / "eval-test-v1.md").read_text()
+    assert "NDCG@10: final" in md and "Leave-one-out" in md
+
+
+def test_budget_is_respected(data, tiny, tmp_path):
+    from export.train import BudgetExceeded, train
+
+    # Generous enough that model loading on a busy 2-core machine still leaves time to train.
+    res = train(cfg(tiny, max_steps=0, epochs=50, budget_min=0.5), data, repo=None, work_dir=tmp_path,
+                export=False, log=lambda *_: None)
+    assert res.stopped_by == "budget" and res.steps > 1
+    assert res.total_s <= 0.5 * 60 + 2
+    with pytest.raises(BudgetExceeded):
+        train(cfg(tiny, budget_min=0.01), data, repo=tmp_path / "r", work_dir=tmp_path, log=lambda *_: None)
