@@ -581,7 +581,8 @@ def train(cfg: TrainConfig, data: TrainingData, *, repo: Path | None, work_dir: 
     n_valid_pairs = sum(len(c) for _, _, c, _ in valid_lists)
     scorer = torch_scorer(model, cfg.bf16)
     if valid_lists:
-        probe = enc.encode_lists([(h, c[:16]) for _, h, c, _ in valid_lists[:4]])
+        probe = enc.encode_lists([(h, c) for _, h, c, _ in valid_lists[:4]])
+        scorer(probe)  # warm-up: the first call pays one-off costs
         t0 = time.monotonic()
         scorer(probe)
         infer_pps = len(probe["input_ids"]) / max(1e-3, time.monotonic() - t0)
