@@ -5,6 +5,7 @@ Transport-free: takes and returns ``server.types`` objects and raises ``server.e
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -17,7 +18,8 @@ from server.core.render import Renderer
 from server.core.score_cache import ScoreCache
 from server.core.validate import validate_events, validate_items, validate_rerank
 from server.errors import DeadlineExceeded
-from server.rules import RuleCandidate, RulesProvider, apply_overrides, apply_rules
+from server.rules import RuleCandidate, RulesProvider, RuleSet, apply_overrides, apply_rules
+from server.rules.config import Blend
 from server.telemetry import Telemetry
 from server.types import Event, Item, RecordResult, RerankRequest, RerankResponse
 
@@ -93,6 +95,8 @@ class Pipeline:
         if req.rule_overrides:
             ruleset = apply_overrides(ruleset, req.rule_overrides)
         model = self.models.require()
+        if ruleset.blend is None:
+            ruleset = self._with_model_blend(ruleset, model.manifest)
         budget_s = req.timeout_s if req.timeout_s is not None else cfg.default_timeout_s
         watch.mark("validate")
 
@@ -147,6 +151,19 @@ class Pipeline:
         return RerankResponse(items=ranked, model_name=model.name, model_version=model.version,
                               timings_ms=watch.stages, request_id=req.request_id,
                               filtered=outcome.filtered if req.explain else [])
+
+    @staticmethod
+    def _with_model_blend(ruleset: RuleSet, manifest) -> RuleSet:
+        """A rule set without a blend of its own gets the one the model version recommends
+        (chosen on validation by ``rerankd train``, recorded in its manifest), so the served
+        order is the evaluated final order by default."""
+        rec = (manifest.training or {}).get("blend") if manifest is not None else None
+        if not rec:
+            return ruleset
+        norm = rec.get("normalize", "minmax")
+        return dataclasses.replace(ruleset, blend=Blend(
+            name="model_blend", model_weight=float(rec["model_weight"]),
+            retrieval_weight=float(rec["retrieval_weight"]), model_normalize=norm, retrieval_normalize=norm))
 
     async def record_events(self, events: Sequence[Event]) -> RecordResult:
         validate_events(events, now=time.time(), max_events=self.config.max_events_per_call)

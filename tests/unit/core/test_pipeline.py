@@ -133,3 +133,15 @@ def test_score_cache_skips_the_engine_for_repeated_pairs(tokenizer, tmp_path):
     second = run(pipe.rerank(RerankRequest("u", req.candidates + (Candidate("c", text="third"),))))
     assert [len_ for len_, _ in scorer.calls] == [2, 1]  # only the new pair went to the engine
     assert {i.item_id: i.score for i in first.items} == {i.item_id: i.score for i in second.items if i.item_id != "c"}
+
+
+def test_model_recommended_blend_applies_when_rules_set_none(tokenizer, tmp_path):
+    pipe, store, _ = make(tokenizer, tmp_path)
+    # Scores = token counts: "bb" items are longer; retrieval favours the short one.
+    cands = (Candidate("a", 10.0, text="short"), Candidate("b", 0.0, text="a much longer item title here"))
+    assert run(pipe.rerank(RerankRequest("u", cands))).items[0].item_id == "b"  # model order
+    pipe.models.current.manifest.training["blend"] = {"model_weight": 0.2, "retrieval_weight": 0.8,
+                                                      "normalize": "minmax"}
+    resp = run(pipe.rerank(RerankRequest("u", cands, explain=True)))
+    assert resp.items[0].item_id == "a"
+    assert resp.items[0].explanation.adjustments[0][0] == "model_blend"
