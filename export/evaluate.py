@@ -113,23 +113,29 @@ def random_order(user: str, candidates: Sequence[str], seed: int = 0) -> list[st
 
 @dataclass(frozen=True)
 class BlendSpec:
-    """``model_weight * minmax(model) + retrieval_weight * minmax(retrieval)`` per request."""
+    """``model_weight * norm(model) + retrieval_weight * norm(retrieval)`` per request, with
+    the rules engine's normalizations (``minmax`` over the request, ``sigmoid``, ``none``)."""
 
     model_weight: float
     retrieval_weight: float
-    normalize: str = "minmax"
+    model_normalize: str = "minmax"
+    retrieval_normalize: str = "minmax"
     engine: object = None  # the server.rules RuleSet, when that package imports
 
     def as_rule(self) -> dict:
         return {"model_weight": self.model_weight, "retrieval_weight": self.retrieval_weight,
-                "model_normalize": self.normalize, "retrieval_normalize": self.normalize}
+                "model_normalize": self.model_normalize, "retrieval_normalize": self.retrieval_normalize}
+
+    def describe(self) -> str:
+        return (f"{self.model_weight:g} * {self.model_normalize}(model) + "
+                f"{self.retrieval_weight:g} * {self.retrieval_normalize}(retrieval)")
 
 
-def blend_rule_set(model_weight: float, retrieval_weight: float, normalize: str = "minmax",
-                   use_engine: bool = True) -> BlendSpec:
+def blend_rule_set(model_weight: float, retrieval_weight: float, model_normalize: str = "minmax",
+                   retrieval_normalize: str = "minmax", use_engine: bool = True) -> BlendSpec:
     """The blend, run by the rules engine (``server.rules``, the code the gateway runs) when
     it imports, else by ``_local_blend`` (the same formula; a unit test pins the two equal)."""
-    spec = BlendSpec(float(model_weight), float(retrieval_weight), normalize)
+    spec = BlendSpec(float(model_weight), float(retrieval_weight), model_normalize, retrieval_normalize)
     if not use_engine:
         return spec
     try:
@@ -137,10 +143,21 @@ def blend_rule_set(model_weight: float, retrieval_weight: float, normalize: str 
     except Exception:  # noqa: BLE001 - a rules package mid-change must not stop an evaluation
         return spec
     rs = parse_rule_set(EVAL_RULE_SET, {"blend": spec.as_rule()})
-    return BlendSpec(spec.model_weight, spec.retrieval_weight, normalize, rs)
+    return BlendSpec(spec.model_weight, spec.retrieval_weight, model_normalize, retrieval_normalize, rs)
 
 
-def _minmax(values: Sequence[float]):
+def _normalizer(kind: str, values: Sequence[float]):
+    if kind == "none":
+        return lambda x: x
+    if kind == "sigmoid":
+        def sigmoid(x: float) -> float:
+            if x >= 0:
+                return 1.0 / (1.0 + math.exp(-x))
+            z = math.exp(x)
+            return z / (1.0 + z)
+        return sigmoid
+    if kind != "minmax":
+        raise ValueError(f"unknown normalization {kind!r}")
     finite = [v for v in values if math.isfinite(v)]
     lo = min(finite, default=0.0)
     span = max(finite, default=0.0) - lo
@@ -151,11 +168,9 @@ def _minmax(values: Sequence[float]):
 
 def _local_blend(candidates: Sequence[str], model: Sequence[float], retrieval: Sequence[float],
                  spec: BlendSpec) -> list[str]:
-    """The rules engine's blend (minmax per request; final = model + (blended - model),
-    exactly as it accumulates adjustments), ordered by final score then item id."""
-    if spec.normalize != "minmax":
-        raise ValueError("the local blend implements minmax only")
-    mn, rn = _minmax(model), _minmax(retrieval)
+    """The rules engine's blend (final = model + (blended - model), exactly as it accumulates
+    adjustments), ordered by final score then item id."""
+    mn, rn = _normalizer(spec.model_normalize, model), _normalizer(spec.retrieval_normalize, retrieval)
     finals = []
     for c, m, r in zip(candidates, model, retrieval):
         b = spec.model_weight * mn(m) + spec.retrieval_weight * rn(r)
@@ -182,11 +197,27 @@ def blend_order(candidates: Sequence[str], model_scores: Sequence[float], retrie
     return [it.item_id for it in apply_rules(spec.engine, cands, now=0.0).items]
 
 
+def blend_grid(retrieval_weights: Iterable[float]) -> list[BlendSpec]:
+    """Candidates for the blend: per-request minmax of both scores with weights summing to 1,
+    and the raw model logit (``none``) against minmax retrieval at a few scales."""
+    out = [BlendSpec(round(1.0 - w, 6), float(w)) for w in retrieval_weights]
+    out += [BlendSpec(wm, 1.0, "none", "minmax") for wm in (0.02, 0.05, 0.1, 0.2, 0.5)]
+    return out
+
+
 def choose_blend(valid_lists: Sequence[tuple], targets: Mapping[str, str], enc, scorer,
-                 grid: Iterable[float]) -> dict:
-    """Score validation lists (training encoder + scorer), then pick the retrieval weight
-    of the blend on validation NDCG@10 (ties: the smaller retrieval weight)."""
+                 grid: Iterable[float], save_scores: Path | None = None) -> dict:
+    """Score validation lists (training encoder + scorer), then pick the blend on validation
+    NDCG@10 (ties: the earlier grid entry, i.e. the simpler / more model-weighted one)."""
     scores = score_lists([(h, c) for _, h, c, _ in valid_lists], enc.encode_lists, scorer)
+    if save_scores is not None:
+        save_scores.write_text(json.dumps({u: [c, [float(x) for x in s], r] for (u, _, c, r), s
+                                           in zip(valid_lists, scores)}))
+    return blend_from_scores(valid_lists, scores, targets, grid)
+
+
+def blend_from_scores(valid_lists: Sequence[tuple], scores: Sequence[np.ndarray], targets: Mapping[str, str],
+                      grid: Iterable[float]) -> dict:
     users = [u for u, *_ in valid_lists]
     tgt = {u: targets[u] for u in targets}
     retr = {u: c for u, _, c, _ in valid_lists}
@@ -196,16 +227,14 @@ def choose_blend(valid_lists: Sequence[tuple], targets: Mapping[str, str], enc, 
            "random": evaluate({u: random_order(u, c) for u, _, c, _ in valid_lists}, tgt, KS)}
     grid_rows = []
     best = None
-    for w in grid:
-        rs = blend_rule_set(round(1.0 - w, 6), w, use_engine=False)
-        ranks = {u: blend_order(c, s, r, rs) for (u, _, c, r), s in zip(valid_lists, scores)}
+    for spec in blend_grid(grid):
+        ranks = {u: blend_order(c, s, r, spec) for (u, _, c, r), s in zip(valid_lists, scores)}
         m = evaluate(ranks, tgt, KS)
-        grid_rows.append({"retrieval_weight": w, "model_weight": 1.0 - w, "ndcg@10": m["ndcg@10"],
-                          "hr@10": m["hr@10"]})
+        grid_rows.append({**spec.as_rule(), "ndcg@10": m["ndcg@10"], "hr@10": m["hr@10"]})
         if best is None or m["ndcg@10"] > best[1]["ndcg@10"] + 1e-12:
-            best = (w, m)
-    w, m = best
-    out["blend"] = {"retrieval_weight": w, "model_weight": round(1.0 - w, 6), "metrics": m}
+            best = (spec, m)
+    spec, m = best
+    out["blend"] = {**spec.as_rule(), "metrics": m}
     out["grid"] = grid_rows
     return out
 
@@ -424,7 +453,7 @@ def agreement(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray],
 
 
 def run_eval(version_dir: Path, *, split_name: str = "test", paths: Sequence[str] = ("served", "in-process"),
-             blend: tuple[float, float] | None = None, score_all: bool = False, users: int = 0,
+             blend: tuple | None = None, score_all: bool = False, users: int = 0,
              reports_dir: Path | None = None, data_dir: Path | None = None, split=None, items=None,
              work_dir: Path | None = None, seed: int = 0, log=print) -> EvalReport:
     """Evaluate the version in ``version_dir`` on ``split_name`` ('valid' or 'test')."""
@@ -445,7 +474,8 @@ def run_eval(version_dir: Path, *, split_name: str = "test", paths: Sequence[str
     item_map = {i.item_id: i for i in items}
     if blend is None:
         b = manifest.training.get("blend") or {}
-        blend = (float(b.get("model_weight", 1.0)), float(b.get("retrieval_weight", 0.0)))
+        blend = (float(b.get("model_weight", 1.0)), float(b.get("retrieval_weight", 0.0)),
+                 b.get("model_normalize", "minmax"), b.get("retrieval_normalize", "minmax"))
     rule_set = blend_rule_set(*blend)
     t0 = time.monotonic()
     lists, pop_rank = build_lists(split, catalogue, upto, users=split.users[:users] if users else None)
@@ -457,7 +487,7 @@ def run_eval(version_dir: Path, *, split_name: str = "test", paths: Sequence[str
     report.info = {
         "protocol": PROTOCOL,
         "model": str(version_dir), "manifest_training": manifest.training, "render": manifest.render,
-        "blend": {"model_weight": blend[0], "retrieval_weight": blend[1], "normalize": "minmax",
+        "blend": {**rule_set.as_rule(), "formula": rule_set.describe(),
                   "run_by": "server.rules engine" if rule_set.engine is not None else
                   "export.evaluate local blend (server.rules did not import)"},
         "users": len(lists), "scored_lists": len(to_score), "score_all": score_all,
@@ -476,9 +506,7 @@ def run_eval(version_dir: Path, *, split_name: str = "test", paths: Sequence[str
             tmp = Path(tempfile.mkdtemp(prefix="eval-", dir=work_dir)) if work_dir else Path(
                 tempfile.mkdtemp(prefix="rerankd-eval-"))
             rules_yaml = json.dumps({"version": 1, "rule_sets": {
-                "default": {}, EVAL_RULE_SET: {"blend": {
-                    "model_weight": blend[0], "retrieval_weight": blend[1],
-                    "model_normalize": "minmax", "retrieval_normalize": "minmax"}}}})
+                "default": {}, EVAL_RULE_SET: {"blend": rule_set.as_rule()}}})
             try:
                 with served_stack(version_dir, data_dir, split, upto, tmp, rules_yaml=rules_yaml, log=log) as addr:
                     res = _served_with_fallback(addr, to_score, log)
@@ -545,7 +573,7 @@ def main_args(args, settings) -> int:
     paths = {"both": ("served", "in-process"), "served": ("served",), "in-process": ("in-process",)}[args.path]
     blend = None
     if args.retrieval_weight is not None:
-        blend = (1.0 - args.retrieval_weight, args.retrieval_weight)
+        blend = (1.0 - args.retrieval_weight, args.retrieval_weight)  # minmax both
     reports = Path(args.reports) if args.reports else PROJECT_ROOT / "reports"
     work = PROJECT_ROOT / "var" / "eval"
     work.mkdir(parents=True, exist_ok=True)

@@ -29,9 +29,8 @@ def markdown(rep) -> str:
     lines = [f"# rerankd evaluation: model version {d['version']}, {d['split']} split", ""]
     lines += ["## Protocol", "", info.get("protocol", ""), ""]
     blend = info.get("blend", {})
-    lines += [f"Final order: `{blend.get('model_weight', 1):g} * minmax(model) + "
-              f"{blend.get('retrieval_weight', 0):g} * minmax(retrieval)` per request "
-              "(weights chosen on validation), through `server.rules`.", ""]
+    lines += [f"Final order: `{blend.get('formula', '')}` per request (chosen on validation), "
+              f"run by {blend.get('run_by', 'server.rules')}.", ""]
     lines += [f"Users: {info.get('users')}; target among the candidates (coverage): "
               f"{info.get('coverage', 0):.3f}; lists scored: {info.get('scored_lists')}"
               + ("" if info.get("score_all") else " (only lists whose target is among the candidates "

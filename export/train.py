@@ -50,7 +50,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 _TRAIN_BUCKETS = tuple(range(8, 257, 8))
 TORCH_THREADS = 2
 # Time kept for the ONNX export + verification + version write of a MiniLM-size model.
-EXPORT_RESERVE_S = 45.0
+EXPORT_RESERVE_S = 25.0
 
 
 @dataclass
@@ -72,20 +72,22 @@ class TrainConfig:
     hard_negatives: float = 1.0     # share of negatives drawn from the retriever's top-50
     retriever_k: int = 50
     recent_positions: int = 0       # per user, train only on the last N positions (0: all)
-    positives: str = "all"          # "candidates": only positions whose positive the retriever finds
+    positives: str = "candidates"   # "all", or only positions whose positive the retriever finds
+    distill: float = 3.0            # weight of listwise distillation from TransitionTeacher (0: off)
+    distill_temperature: float = 1.0
     threads: int = 0                # torch threads; 0: the faster of 1 and 2, re-checked each minute
     curve_every: int = 0            # experiments: validation NDCG@10 every N steps (0: off)
     curve_lists: int = 150
-    layers: int = 0                 # keep the first N transformer layers (0: all)
+    layers: int = 2                 # keep the first N transformer layers (0: all)
     bf16: bool = True
     max_seq_len: int = 64           # training truncation (serving truncates at the spec's max)
     freeze_word_embeddings: bool = True  # the pretrained word pieces; new tokens always train
-    init_tokens: str = "title_mean"     # "random", "title_mean", "title_mean+cf", "random+cf"
+    init_tokens: str = "title_mean+cf"  # "random", "title_mean", "title_mean+cf", "random+cf"
     cf_scale: float = 1.0               # norm of the collaborative part (x mean word-piece norm)
     # Render options (also written to the manifest, so the gateway renders the same text).
     item_tokens: bool = True
     history_titles: bool = False
-    item_text: bool = True
+    item_text: bool = False
     item_attributes: tuple[str, ...] = ("year", "genres")
     history_items: int = 10
     # Periodic checkpoints and the final validation.
@@ -147,6 +149,37 @@ class TrainingData:
         catalogue = [i.item_id for i in items]
         knn = ItemKNNRetriever().fit(split.interactions("valid"), items=catalogue)
         return cls(split, {i.item_id: i for i in items}, knn, knn.pop.items, data_dir)
+
+
+class TransitionTeacher:
+    """A count-based sequential teacher for optional distillation (``TrainConfig.distill``):
+    how often item b followed item a within ``window`` positions in the *train* sequences,
+    divided by sqrt(b's count); a list's teacher score for c is the decayed sum over the
+    user's most recent items. Its listwise distribution is a dense target (every candidate
+    carries signal), where the next-item label has one positive."""
+
+    def __init__(self, split, item_ids: Sequence[str], window: int = 3, recent: int = 5, decay: float = 0.7):
+        self.index = {i: n for n, i in enumerate(item_ids)}
+        n = len(item_ids)
+        t = np.zeros((n, n), dtype=np.float32)
+        for u in split.users:
+            seq = [self.index[i] for i in split.history(u, "valid")[::-1] if i in self.index]
+            for a in range(len(seq)):
+                for b in seq[a + 1:a + 1 + window]:
+                    t[seq[a], b] += 1.0
+        col = np.sqrt(np.maximum(t.sum(0), 1.0))
+        self.t = t / col[None, :]
+        self.recent, self.decay = recent, decay
+
+    def scores(self, history: Sequence[str], candidates: Sequence[str]) -> np.ndarray:
+        h = [self.index[i] for i in history if i in self.index][:self.recent]
+        c = [self.index.get(i, 0) for i in candidates]
+        if not h:
+            return np.zeros(len(c), np.float32)
+        w = self.decay ** np.arange(len(h), dtype=np.float32)
+        out = (self.t[np.ix_(h, c)] * w[:, None]).sum(0)
+        out[[n for n, i in enumerate(candidates) if i not in self.index]] = 0.0
+        return out
 
 
 def training_positions(split, recent_positions: int = 0) -> list[tuple[str, int]]:
@@ -265,7 +298,7 @@ def build_model(cfg: TrainConfig, items: dict[str, Item], log: Callable[[str], o
             if cfg.init_tokens.endswith("+cf") and split is not None:
                 # Add a collaborative direction: train co-occurrence factors through a fixed
                 # random orthonormal map into the embedding space, scaled to the word pieces' norm.
-                f = cooccurrence_factors(split, ids)
+                f = cooccurrence_factors(split, ids, dim=min(64, emb.shape[1]))
                 q, _ = torch.linalg.qr(torch.randn(emb.shape[1], f.shape[1], generator=g))
                 cf = torch.from_numpy(f).float() @ q.T
                 norms = cf.norm(dim=1, keepdim=True).clamp_min(1e-6)
@@ -524,8 +557,10 @@ def train(cfg: TrainConfig, data: TrainingData, *, repo: Path | None, work_dir: 
 
     t_start = time.monotonic()
     deadline = t_start + cfg.budget_min * 60.0
-    tuner = ThreadTuner(cfg.threads or TORCH_THREADS) if cfg.threads == 0 else None
-    torch.set_num_threads(cfg.threads or TORCH_THREADS)
+    # OMP_NUM_THREADS, when set (the test suite sets 1), caps the threads.
+    max_threads = cfg.threads or int(os.environ.get("OMP_NUM_THREADS") or 0) or TORCH_THREADS
+    tuner = ThreadTuner(max_threads) if cfg.threads == 0 and max_threads > 1 else None
+    torch.set_num_threads(max_threads)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -550,6 +585,7 @@ def train(cfg: TrainConfig, data: TrainingData, *, repo: Path | None, work_dir: 
     for g in optimizer.param_groups:
         g["base_lr"] = g["lr"]
 
+    teacher = TransitionTeacher(data.split, sorted(data.items, key=_id_key)) if cfg.distill > 0 else None
     positions = training_positions(data.split, cfg.recent_positions)
     order = list(positions)
     random.Random(cfg.seed).shuffle(order)
@@ -643,6 +679,14 @@ def train(cfg: TrainConfig, data: TrainingData, *, repo: Path | None, work_dir: 
             logits = model(**{k: torch.from_numpy(v) for k, v in arrays.items()}).logits
         scores = logits[:, 0].float().view(len(lists), -1)
         loss = torch.nn.functional.cross_entropy(scores, targets[:len(lists)])
+        if teacher is not None:
+            # Listwise distillation: KL(teacher || model) over each list's candidates, the
+            # teacher's scores z-normalized per list and sharpened by distill_temperature.
+            ts = np.stack([teacher.scores(h, c) for h, c in lists])
+            ts = (ts - ts.mean(1, keepdims=True)) / (ts.std(1, keepdims=True) + 1e-6)
+            p_t = torch.softmax(torch.from_numpy(ts / cfg.distill_temperature), dim=1)
+            kl = torch.nn.functional.kl_div(torch.log_softmax(scores, dim=1), p_t, reduction="batchmean")
+            loss = loss + cfg.distill * kl
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 1.0)
@@ -688,11 +732,12 @@ def train(cfg: TrainConfig, data: TrainingData, *, repo: Path | None, work_dir: 
 
     # Validation (train-only retriever, history upto 'valid'): model alone and the blend grid.
     t0 = time.monotonic()
-    valid = choose_blend(valid_lists, data.split.valid, enc, scorer, cfg.blend_grid)
+    valid = choose_blend(valid_lists, data.split.valid, enc, scorer, cfg.blend_grid,
+                         save_scores=work_dir / "validation_scores.json")
     (work_dir / "validation.json").write_text(json.dumps(valid, indent=1))
     log(f"train: validation in {time.monotonic() - t0:.0f}s: model-alone NDCG@10 "
         f"{valid['model']['ndcg@10']:.4f} (random {valid['random']['ndcg@10']:.4f}), retriever "
-        f"{valid['retriever']['ndcg@10']:.4f}, best blend w_retrieval={valid['blend']['retrieval_weight']:.2f} -> "
+        f"{valid['retriever']['ndcg@10']:.4f}, best blend {_blend_text(valid['blend'])} -> "
         f"{valid['blend']['metrics']['ndcg@10']:.4f}")
     if curve:
         valid["curve"] = curve
@@ -702,6 +747,11 @@ def train(cfg: TrainConfig, data: TrainingData, *, repo: Path | None, work_dir: 
     result.total_s = time.monotonic() - t_start
     log(f"train: done in {result.total_s:.0f}s (budget {cfg.budget_min * 60:.0f}s)")
     return result
+
+
+def _blend_text(b: dict) -> str:
+    return (f"{b['model_weight']:g}*{b['model_normalize']}(model) + "
+            f"{b['retrieval_weight']:g}*{b['retrieval_normalize']}(retrieval)")
 
 
 def _curve_point(lists, targets, enc, scorer) -> float:
@@ -775,9 +825,8 @@ def export_trained(hf_dir: Path, repo: Path, cfg: TrainConfig, data: TrainingDat
         "steps": result.steps, "pairs": result.pairs, "train_seconds": round(result.train_s, 1),
         "pairs_per_second": round(result.pairs_per_s, 1), "final_loss": round(result.final_loss, 4),
         "stopped_by": result.stopped_by,
-        "blend": {"model_weight": result.valid["blend"]["model_weight"],
-                  "retrieval_weight": result.valid["blend"]["retrieval_weight"],
-                  "normalize": "minmax", "chosen_on": "validation NDCG@10"},
+        "blend": {**{k: v for k, v in result.valid["blend"].items() if k != "metrics"},
+                  "chosen_on": "validation NDCG@10"},
     }
     metrics = {"validation": {k: v for k, v in result.valid.items() if k != "grid"},
                "validation_blend_grid": result.valid.get("grid", [])}
@@ -822,7 +871,7 @@ def main_args(args, settings) -> int:
     if args.config_json:
         cfg = TrainConfig.from_dict(json.loads(Path(args.config_json).read_text()))
     for key in ("seed", "budget_min", "max_steps", "epochs", "lr", "negatives", "layers",
-                "history_items", "lists_per_step", "valid_users"):
+                "history_items", "lists_per_step", "valid_users", "distill"):
         value = getattr(args, key, None)
         if value is not None:
             setattr(cfg, key, value)
@@ -853,6 +902,8 @@ def add_arguments(p) -> None:
     p.add_argument("--lists-per-step", type=int)
     p.add_argument("--layers", type=int, help="keep the first N transformer layers")
     p.add_argument("--history-items", type=int)
+    p.add_argument("--distill", type=float, help="weight of the transition-count teacher's listwise "
+                   "distillation loss (default 3; 0: next-item label only)")
     p.add_argument("--valid-users", type=int, help="validate on the first N users (0: all)")
     p.add_argument("--text-only", action="store_true", help="no item-ID tokens (titles only)")
     p.add_argument("--base", help="HF model folder to start from (default: packaged MiniLM-L6)")

@@ -163,7 +163,9 @@ class Pipeline:
         norm = rec.get("normalize", "minmax")
         return dataclasses.replace(ruleset, blend=Blend(
             name="model_blend", model_weight=float(rec["model_weight"]),
-            retrieval_weight=float(rec["retrieval_weight"]), model_normalize=norm, retrieval_normalize=norm))
+            retrieval_weight=float(rec["retrieval_weight"]),
+            model_normalize=rec.get("model_normalize", norm),
+            retrieval_normalize=rec.get("retrieval_normalize", norm)))
 
     async def record_events(self, events: Sequence[Event]) -> RecordResult:
         validate_events(events, now=time.time(), max_events=self.config.max_events_per_call)

@@ -27,7 +27,7 @@ def trained(tmp_path_factory, tiny_model_dir):
     data = TrainingData.load(folder, users=USERS)
     repo = tmp_path_factory.mktemp("eval_repo")
     cfg = TrainConfig(base_model=str(tiny_model_dir), max_steps=2, negatives=3, lists_per_step=2,
-                      budget_min=5, checkpoint_every_min=0, blend_grid=(0.0, 0.5))
+                      budget_min=5, checkpoint_every_min=0, blend_grid=(0.0, 0.5), positives="all")
     res = train(cfg, data, repo=repo, work_dir=tmp_path_factory.mktemp("work"), log=lambda *_: None)
     return folder, data, repo / "reranker" / str(res.version)
 

@@ -80,8 +80,22 @@ def test_local_blend_equals_the_rules_engine():
         cands = [str(i) for i in rng.permutation(200)[:n]]
         model = rng.normal(size=n).astype(np.float32)
         retr = np.round(rng.random(n), 2 if trial % 2 else 6)  # ties on half the trials
-        for wm, wr in ((1.0, 0.0), (0.7, 0.3), (0.5, 0.5), (0.0, 1.0)):
-            engine = blend_rule_set(wm, wr)
+        for wm, wr, mn, rn in ((1.0, 0.0, "minmax", "minmax"), (0.7, 0.3, "minmax", "minmax"),
+                               (0.5, 0.5, "minmax", "minmax"), (0.0, 1.0, "minmax", "minmax"),
+                               (0.1, 1.0, "none", "minmax"), (0.4, 0.6, "sigmoid", "none")):
+            engine = blend_rule_set(wm, wr, mn, rn)
             assert engine.engine is not None
-            local = blend_rule_set(wm, wr, use_engine=False)
+            local = blend_rule_set(wm, wr, mn, rn, use_engine=False)
             assert blend_order(cands, model, retr, engine) == blend_order(cands, model, retr, local)
+
+
+def test_blend_grid_covers_minmax_weights_and_raw_logits():
+    from export.evaluate import blend_grid
+
+    grid = blend_grid((0.0, 0.5, 1.0))
+    assert [(g.model_weight, g.retrieval_weight) for g in grid[:3]] == [(1.0, 0.0), (0.5, 0.5), (0.0, 1.0)]
+    assert all(g.model_normalize == "none" and g.retrieval_normalize == "minmax" for g in grid[3:])
+    # raw logit blend by hand: 0.1 * m + minmax(r)
+    spec = blend_rule_set(0.1, 1.0, "none", "minmax", use_engine=False)
+    # x: 0.1*20 + 0 = 2.0; y: 0.1*0 + 1 = 1.0; z: 0.1*5 + .5 = 1.0 -> y/z tie by id
+    assert blend_order(["x", "y", "z"], [20.0, 0.0, 5.0], [0.0, 2.0, 1.0], spec) == ["x", "y", "z"]

@@ -41,7 +41,8 @@ def cfg(tiny, **kw):
     from export.train import TrainConfig
 
     base = dict(base_model=str(tiny), max_steps=2, negatives=3, lists_per_step=2, budget_min=5,
-                checkpoint_every_min=0, blend_grid=(0.0, 0.5, 1.0))
+                checkpoint_every_min=0, blend_grid=(0.0, 0.5, 1.0), positives="all",
+                init_tokens="title_mean")
     base.update(kw)
     return TrainConfig(**base)
 
@@ -53,7 +54,7 @@ def test_training_positions_and_hard_negatives(data):
     pos = training_positions(split)
     assert len(pos) == sum(len(split.history(u, "valid")) - 1 for u in split.users)
     assert len(training_positions(split, recent_positions=5)) == 5 * len(split.users)
-    c = TrainConfig(negatives=7)
+    c = TrainConfig(negatives=7, positives="all")
     s1, s2 = ExampleSampler(data, c, seed=3), ExampleSampler(data, c, seed=3)
     for u, t in pos[:40]:
         history, positive, negs = s1.example(u, t)
@@ -64,6 +65,13 @@ def test_training_positions_and_hard_negatives(data):
         # hard negatives come from the retriever's top-50 for that history
         top = {i for i, _ in data.knn.retrieve(history, 50)}
         assert set(negs) <= top | set(data.pop[:500])
+    # positives="candidates": only positions whose positive the retriever finds
+    only = ExampleSampler(data, TrainConfig(negatives=7, positives="candidates"), seed=3)
+    kept = [(u, t) for u, t in pos if only.example(u, t) is not None]
+    assert 0 < len(kept) < len(pos)
+    for u, t in kept:
+        seq = split.history(u, "valid")[::-1]
+        assert seq[t] in {i for i, _ in data.knn.retrieve(seq[:t][::-1], 50)}
 
 
 def test_one_step_checkpoint_resume_export_and_eval(data, tiny, tmp_path, folder):
@@ -73,12 +81,12 @@ def test_one_step_checkpoint_resume_export_and_eval(data, tiny, tmp_path, folder
     from server.core.render import RenderOptions
 
     repo, work = tmp_path / "repo", tmp_path / "work"
-    c = cfg(tiny, max_steps=1, checkpoint_every_min=1e-9)
+    c = cfg(tiny, max_steps=1, checkpoint_every_min=1e-9, init_tokens="title_mean+cf")
     res = train(c, data, repo=repo, work_dir=work, log=lambda *_: None)
     assert res.steps == 1 and res.pairs == 2 * 4 and res.version == 1
     assert (work / "checkpoint" / "state.pt").is_file()
 
-    res2 = train(cfg(tiny, max_steps=1, checkpoint_every_min=1e-9), data, repo=None, work_dir=work,
+    res2 = train(cfg(tiny, max_steps=1, checkpoint_every_min=1e-9, init_tokens="title_mean+cf"), data, repo=None, work_dir=work,
                  resume=True, export=False, log=lambda *_: None)
     assert res2.steps == 1 and res2.pairs == 0  # resumed at step 1 of 1: nothing left to do
 
@@ -116,3 +124,32 @@ def test_budget_is_respected(data, tiny, tmp_path):
     assert res.total_s <= 0.5 * 60 + 2
     with pytest.raises(BudgetExceeded):
         train(cfg(tiny, budget_min=0.01), data, repo=tmp_path / "r", work_dir=tmp_path, log=lambda *_: None)
+
+
+def test_transition_teacher_counts_by_hand():
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from export.train import TransitionTeacher
+
+    # Train sequences (oldest first): u1: a b c, u2: a c. history(u, "valid") is newest first.
+    seqs = {"u1": ["a", "b", "c"], "u2": ["a", "c"]}
+    split = SimpleNamespace(users=list(seqs), history=lambda u, upto: seqs[u][::-1])
+    t = TransitionTeacher(split, ["a", "b", "c"], window=1, recent=2, decay=0.5)
+    # Transitions within 1 step: a->b, b->c, a->c; column counts b: 1, c: 2.
+    # History [b, a] (newest first): score(c) = 1 * T[b,c] + 0.5 * T[a,c] = 1/sqrt2 + 0.5/sqrt2.
+    got = t.scores(["b", "a"], ["c", "b", "zz"])
+    np.testing.assert_allclose(got, [1.5 / np.sqrt(2.0), 0.5 * 1.0, 0.0], rtol=1e-6)
+    assert not t.scores([], ["a"]).any()  # no history: no opinion
+
+
+def test_distillation_changes_the_loss_and_can_be_turned_off(data, tiny, tmp_path):
+    from export.train import train
+
+    on = train(cfg(tiny, max_steps=1, distill=3.0), data, repo=None, work_dir=tmp_path / "on",
+               export=False, log=lambda *_: None)
+    off = train(cfg(tiny, max_steps=1, distill=0.0), data, repo=None, work_dir=tmp_path / "off",
+                export=False, log=lambda *_: None)
+    # Same seed, same lists: the KL term is non-negative and not identically zero here.
+    assert on.final_loss > off.final_loss
