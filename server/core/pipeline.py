@@ -77,7 +77,8 @@ class Pipeline:
         self.score_cache = score_cache or ScoreCache(0)
         self.store = store
         # Item lookups go through a cache when given one (``server.features.cache.ItemCache``).
-        self.items = items or store
+        # Not `items or store`: an empty ItemCache is falsy (it has __len__) and would be skipped.
+        self.items = items if items is not None else store
         self.scorer = scorer
         self.models = models
         self.admission = admission or Admission(256)

@@ -145,3 +145,22 @@ def test_model_recommended_blend_applies_when_rules_set_none(tokenizer, tmp_path
     resp = run(pipe.rerank(RerankRequest("u", cands, explain=True)))
     assert resp.items[0].item_id == "a"
     assert resp.items[0].explanation.adjustments[0][0] == "model_blend"
+
+
+def test_an_empty_item_cache_is_used_not_skipped(tokenizer, tmp_path):
+    # Regression: ``items or store`` treated a fresh (empty, hence falsy) ItemCache as absent.
+    from server.features.cache import ItemCache
+
+    store = SqliteStore(tmp_path / "c.db")
+    cache = ItemCache(store, 100)
+    pipe = Pipeline(PipelineConfig(), store, LengthScorer(), Models(tokenizer), items=cache)
+
+    async def go():
+        await store.upsert_items([Item("1", title="One"), Item("2", title="Two")])
+        req = RerankRequest(user_id="u", candidates=[Candidate("1"), Candidate("2")])
+        await pipe.rerank(req)
+        await pipe.rerank(req)
+        await store.close()
+
+    run(go())
+    assert cache.stats()["misses"] == 2 and cache.stats()["hits"] == 2
