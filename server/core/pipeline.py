@@ -74,7 +74,7 @@ class Pipeline:
         self.telemetry = telemetry or Telemetry("none")
         # Business rules (server.rules); without a file: the empty default set (model order).
         self.rules = rules or RulesProvider(None)
-        self.score_cache = score_cache or ScoreCache(0)
+        self.score_cache = score_cache if score_cache is not None else ScoreCache(0)
         self.store = store
         # Item lookups go through a cache when given one (``server.features.cache.ItemCache``).
         # Not `items or store`: an empty ItemCache is falsy (it has __len__) and would be skipped.
@@ -82,6 +82,17 @@ class Pipeline:
         self.scorer = scorer
         self.models = models
         self.admission = admission or Admission(256)
+        self._renderers: dict[tuple[str, str], tuple[object, Renderer]] = {}
+
+    def _renderer(self, model) -> Renderer:
+        """The served version's renderer, built once per loaded model (it memoizes item texts)."""
+        key = (model.name, model.version)
+        hit = self._renderers.get(key)
+        if hit is None or hit[0] is not model:
+            if len(self._renderers) > 8:  # versions come and go; keep the few in use
+                self._renderers.clear()
+            hit = self._renderers[key] = (model, Renderer.for_model(model.manifest, model.tokenizer))
+        return hit[1]
 
     async def rerank(self, req: RerankRequest) -> RerankResponse:
         with self.admission.slot():
@@ -107,7 +118,7 @@ class Pipeline:
         if not history_ids:  # cold start: the caller's session items stand in for history
             history_ids = _unique(req.context.session_item_ids)
         # The served version's own render options (item-ID tokens, history length): its manifest.
-        renderer = Renderer.for_model(model.manifest, model.tokenizer)
+        renderer = self._renderer(model)
         n_history = renderer.history_items(cfg.history_in_text)
         history_ids = history_ids[:n_history]
         items = await self.items.get_items(_unique(history_ids + [c.item_id for c in req.candidates]))
@@ -122,7 +133,7 @@ class Pipeline:
             item = items.get(c.item_id) or (Item(c.item_id, title=c.text) if c.text.strip() else None)
             if item is not None:
                 scoreable.append((idx, item))
-        item_texts = [renderer.item(it) for _, it in scoreable]
+        item_texts = renderer.items([it for _, it in scoreable])
         scores = self.score_cache.lookup(model.version, user_text, item_texts)
         todo = [k for k, s in enumerate(scores) if s is None]
         batch = model.tokenizer.encode(user_text, [item_texts[k] for k in todo]) if todo else None

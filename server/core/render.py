@@ -68,10 +68,13 @@ def vocabulary_lookup(tokenizer) -> Callable[[str], bool]:
 class Renderer:
     """Renders text pairs for one model: its options plus which item tokens it knows."""
 
+    memo_size = 200_000
+
     def __init__(self, options: RenderOptions | None = None,
                  has_token: Callable[[str], bool] | None = None):
         self.options = options or RenderOptions()
         self._has_token = has_token if self.options.item_tokens else None
+        self._memo: dict[str, tuple[Item, str]] = {}
 
     @classmethod
     def for_model(cls, manifest, tokenizer) -> Renderer:
@@ -91,6 +94,24 @@ class Renderer:
 
     def _title(self, item: Item) -> str:
         return item.title.strip() or item.item_id
+
+    def items(self, items: Sequence[Item]) -> list[str]:
+        """``item`` for each, memoized per item object: the gateway's item cache hands out
+        the same (immutable) ``Item`` until the item is upserted, so a cached text is reused
+        only while its entry holds that very object."""
+        memo = self._memo
+        out = []
+        for it in items:
+            hit = memo.get(it.item_id)
+            if hit is not None and hit[0] is it:
+                out.append(hit[1])
+                continue
+            text = self.item(it)
+            if len(memo) >= self.memo_size:
+                memo.clear()  # rare (a catalog larger than the memo): simpler than an LRU
+            memo[it.item_id] = (it, text)
+            out.append(text)
+        return out
 
     def item(self, item: Item) -> str:
         """Item side: [ID token], title, a few attributes, then free text."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from itertools import chain
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,21 @@ def truncate_pair(n1: int, n2: int, budget: int) -> tuple[int, int]:
     half = budget // 2
     # The odd token goes to the longer side (to the second one on a tie).
     return (budget - half, half) if n1 > n2 else (half, budget - half)
+
+
+def truncate_pairs(n1: int, n2: np.ndarray, budget: int) -> tuple[np.ndarray, np.ndarray]:
+    """``truncate_pair`` for one first side against many second sides (vectorized)."""
+    n2 = np.asarray(n2, dtype=np.int64)
+    n1v = np.full_like(n2, n1)
+    half = budget // 2
+    fits = n1v + n2 <= budget
+    short = np.minimum(n1v, n2) <= half
+    first_shorter = n1v <= n2
+    a = np.select([fits, short & first_shorter, short], [n1v, n1v, budget - n2],
+                  np.where(n1v > n2, budget - half, half))
+    b = np.select([fits, short & first_shorter, short], [n2, budget - n1v, n2],
+                  np.where(n1v > n2, half, budget - half))
+    return a, b
 
 
 @dataclass(frozen=True)
@@ -127,32 +143,64 @@ class PairTokenizer:
         return [ids if ids is not None else self._cache[t] for ids, t in zip(out, texts)]
 
     def _rows(self, user_text: str, item_texts: Sequence[str]) -> list[tuple[list[int], list[int]]]:
-        """(ids, type_ids) per pair, unpadded."""
-        if self._template is None:
-            encs = self._tok.encode_batch([(user_text, t) for t in item_texts])
-            return [(e.ids, e.type_ids) for e in encs]
-        tpl = self._template
-        budget = self.spec.max_seq_len - tpl.n_special
-        user = self._ids([user_text])[0]
-        rows = []
-        for item in self._ids(item_texts):
-            a, b = truncate_pair(len(user), len(item), budget)
-            ids = [*tpl.prefix, *user[:a], *tpl.middle, *item[:b], *tpl.suffix]
-            types = [*tpl.prefix_types, *[tpl.type_a] * a, *tpl.middle_types, *[tpl.type_b] * b, *tpl.suffix_types]
-            rows.append((ids, types))
-        return rows
+        """(ids, type_ids) per pair, unpadded: the fallback for tokenizers without a template."""
+        encs = self._tok.encode_batch([(user_text, t) for t in item_texts])
+        return [(e.ids, e.type_ids) for e in encs]
 
     def _self_check(self) -> bool:
         samples = [("short user", "item"), ("word " * 200, "item text"), ("u", "long item " * 200),
                    ("alpha beta " * 90, "gamma delta " * 90), ("", "only item"), ("only user", "")]
-        for u, i in samples:
-            (ids, types), ref = self._rows(u, [i])[0], self._tok.encode(u, i)
-            if ids != ref.ids or types != ref.type_ids:
-                return False
+        batches = [(u, [i]) for u, i in samples]
+        batches.append(("a user of middling length " * 3, ["x", "long item " * 200, "", "y z " * 20]))
+        for u, items in batches:
+            got = self._assemble(u, items)
+            for r, ref in enumerate(self._tok.encode_batch([(u, i) for i in items])):
+                k = len(ref.ids)
+                if (got["input_ids"][r, :k].tolist() != ref.ids or got["attention_mask"][r].sum() != k
+                        or got["token_type_ids"][r, :k].tolist() != ref.type_ids):
+                    return False
         return True
+
+    def _assemble(self, user_text: str, item_texts: Sequence[str]) -> dict[str, np.ndarray]:
+        """Assemble padded arrays from cached pieces with numpy (no per-pair Python loop
+        over tokens): prefix, user[:a], middle, item[:b], suffix per row."""
+        tpl = self._template
+        p, m, s = len(tpl.prefix), len(tpl.middle), len(tpl.suffix)
+        user = self._ids([user_text])[0]
+        items = self._ids(item_texts)
+        n = len(items)
+        n2 = np.fromiter((len(x) for x in items), dtype=np.int64, count=n)
+        a, b = truncate_pairs(len(user), n2, self.spec.max_seq_len - tpl.n_special)
+        lens = p + a + m + b + s
+        seq_len = self.spec.bucket_for(int(lens.max()) if n else 1)
+        ids = np.full((n, seq_len), self._pad_id, dtype=np.int64)
+        types = np.zeros((n, seq_len), dtype=np.int64)
+        mask = (np.arange(seq_len)[None, :] < lens[:, None]).astype(np.int64)
+        ids[:, :p], types[:, :p] = tpl.prefix, tpl.prefix_types
+        user_lengths = np.unique(a)  # almost always one: the user side fits whole
+        for av in user_lengths:
+            rows = slice(None) if len(user_lengths) == 1 else np.nonzero(a == av)[0]
+            ids[rows, p:p + av], types[rows, p:p + av] = user[:av], tpl.type_a
+            ids[rows, p + av:p + av + m], types[rows, p + av:p + av + m] = tpl.middle, tpl.middle_types
+        starts = p + a + m
+        total = int(b.sum())
+        if total:
+            row_of = np.repeat(np.arange(n), b)
+            cols = np.repeat(starts - (np.cumsum(b) - b), b) + np.arange(total)
+            pieces = items if (b == n2).all() else [x[:k] for x, k in zip(items, b.tolist())]
+            ids[row_of, cols] = np.fromiter(chain.from_iterable(pieces), dtype=np.int64, count=total)
+            types[row_of, cols] = tpl.type_b
+        end, every = starts + b, np.arange(n)
+        for k in range(s):
+            ids[every, end + k], types[every, end + k] = tpl.suffix[k], tpl.suffix_types[k]
+        return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
 
     # -- public ----------------------------------------------------------------------
     def encode(self, user_text: str, item_texts: Sequence[str]) -> EncodedBatch:
+        """Padded model inputs for (user_text, item) pairs, one sequence bucket for all."""
+        if self._template is not None:
+            arrays = self._assemble(user_text, item_texts)
+            return EncodedBatch({k: arrays[k] for k in self.spec.input_names}, arrays["input_ids"].shape[1])
         rows = self._rows(user_text, item_texts)
         seq_len = self.spec.bucket_for(max((len(ids) for ids, _ in rows), default=1))
         n = len(rows)

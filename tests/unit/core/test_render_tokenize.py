@@ -75,8 +75,34 @@ def test_cached_assembly_equals_plain_tokenizer_encoding(tokenizer_path):
         batch = tok.encode(user, items)
         ref = tok.encode_reference(user, items)
         lengths = batch.arrays["attention_mask"].sum(axis=1)
+        refs = tok._tok.encode_batch([(user, i) for i in items])
         for row, ids in enumerate(ref):
             assert batch.arrays["input_ids"][row, :lengths[row]].tolist() == ids
+            assert batch.arrays["token_type_ids"][row, :lengths[row]].tolist() == refs[row].type_ids
+            assert not batch.arrays["input_ids"][row, lengths[row]:].any()  # [PAD] is 0 in BERT
     hits = tok.hits
     tok.encode("user", ["same item"] * 3)
     assert tok.hits > hits  # repeated texts come from the cache
+
+
+def test_vectorized_truncation_equals_the_scalar_rule():
+    import numpy as np
+
+    from server.core.tokenize import truncate_pair, truncate_pairs
+
+    n2 = np.arange(0, 80)
+    for budget in (1, 2, 13, 14, 61):
+        for n1 in range(0, 80):
+            a, b = truncate_pairs(n1, n2, budget)
+            assert [(int(x), int(y)) for x, y in zip(a, b)] == [truncate_pair(n1, int(k), budget) for k in n2]
+
+
+def test_renderer_memo_follows_item_identity():
+    from server.core.render import Renderer
+    from server.types import Item
+
+    r = Renderer()
+    old = Item("7", title="Old title")
+    assert r.items([old]) == [r.item(old)]
+    new = Item("7", title="New title")  # an upsert hands out a new object: rendered afresh
+    assert r.items([new, old]) == [r.item(new), r.item(old)]
