@@ -12,8 +12,10 @@ Protocol (``PROTOCOL``; also in the README and every report):
   candidates is a miss), plus NDCG@10 over the users whose target is among the candidates.
 - Orders compared: Pop (its own top-50), the retriever's order, a random order of the same
   candidates (seeded), the model alone, and the final order = retrieval blend through the
-  rules engine (``server.rules``): ``w_model * minmax(model) + w_retrieval * minmax(retrieval)``
-  with weights chosen on validation only.
+  rules engine (``server.rules``): ``w_model * norm(model) + w_retrieval * minmax(retrieval)``
+  with the weights and the model score's normalization (minmax per list, or the raw logit)
+  chosen on validation only. For reference, the transition-count teacher that training
+  distils (``export.retriever.TransitionTeacher``) ranks the same candidates.
 
 Only users whose target is among the candidates can change any metric, so by default
 only their lists are scored (``score_all=True`` scores every list; same numbers).
@@ -493,6 +495,13 @@ def run_eval(version_dir: Path, *, split_name: str = "test", paths: Sequence[str
         "users": len(lists), "scored_lists": len(to_score), "score_all": score_all,
         "coverage": sum(el.covered for el in lists) / max(1, len(lists)),
     }
+    # A reference order, not a served one: the count-based teacher that training distils,
+    # fit on what is known before the target (as the retriever is).
+    from export.retriever import TransitionTeacher
+
+    teacher = TransitionTeacher(split, catalogue, upto=upto)
+    teacher_order = {el.user: model_order(el.candidates, teacher.scores(el.history, el.candidates))
+                     for el in lists}
     scores_by_path: dict[str, dict[str, np.ndarray]] = {}
     finals: dict[str, dict[str, list[str]]] = {}
     for path in paths:
@@ -523,6 +532,7 @@ def run_eval(version_dir: Path, *, split_name: str = "test", paths: Sequence[str
                 "pairs_per_second": round(sum(len(el.candidates) for el in to_score) / res.seconds, 1)}
         else:
             raise ValueError(f"unknown path {path!r}")
+        orders["teacher"] = teacher_order
         scores_by_path[path] = scores
         finals[path] = orders["final"]
         report.paths[path] = metrics_of(orders, targets)

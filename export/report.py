@@ -12,6 +12,7 @@ ORDER_LABELS = {
     "random": "random order of the candidates",
     "model": "model alone",
     "final": "final order (model + retrieval blend)",
+    "teacher": "reference: transition counts (the distillation teacher)",
 }
 
 

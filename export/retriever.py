@@ -139,6 +139,41 @@ class ItemKNNRetriever:
 
 
 # -- offline evaluation -----------------------------------------------------------------
+class TransitionTeacher:
+    """A count-based sequential scorer: how often item b followed item a within ``window``
+    positions in the users' sequences known before ``upto`` ('valid': train only; 'test':
+    train + validation), divided by sqrt(b's count); a list's score for candidate c is the
+    decayed sum over the user's ``recent`` most recent items.
+
+    Training distils it (``TrainConfig.distill``): its listwise distribution is a dense target
+    where the next-item label has one positive. Evaluation reports it as a reference order."""
+
+    def __init__(self, split, item_ids: Sequence[str], upto: str = "valid", window: int = 3,
+                 recent: int = 5, decay: float = 0.7):
+        self.index = {i: n for n, i in enumerate(item_ids)}
+        n = len(item_ids)
+        t = np.zeros((n, n), dtype=np.float32)
+        for u in split.users:
+            seq = [self.index[i] for i in split.history(u, upto)[::-1] if i in self.index]
+            for a in range(len(seq)):
+                for b in seq[a + 1:a + 1 + window]:
+                    t[seq[a], b] += 1.0
+        col = np.sqrt(np.maximum(t.sum(0), 1.0))
+        self.t = t / col[None, :]
+        self.recent, self.decay = recent, decay
+
+    def scores(self, history: Sequence[str], candidates: Sequence[str]) -> np.ndarray:
+        """Scores of ``candidates`` for a user whose history is ``history`` (most recent first)."""
+        h = [self.index[i] for i in history if i in self.index][:self.recent]
+        c = [self.index.get(i, 0) for i in candidates]
+        if not h:
+            return np.zeros(len(c), np.float32)
+        w = self.decay ** np.arange(len(h), dtype=np.float32)
+        out = (self.t[np.ix_(h, c)] * w[:, None]).sum(0)
+        out[[n for n, i in enumerate(candidates) if i not in self.index]] = 0.0
+        return out
+
+
 def _rankings(retriever, split, upto: str, k: int, **kw) -> dict[str, list[str]]:
     return {u: [i for i, _ in retriever.retrieve(split.history(u, upto), k, **kw)] for u in split.users}
 

@@ -151,37 +151,6 @@ class TrainingData:
         return cls(split, {i.item_id: i for i in items}, knn, knn.pop.items, data_dir)
 
 
-class TransitionTeacher:
-    """A count-based sequential teacher for optional distillation (``TrainConfig.distill``):
-    how often item b followed item a within ``window`` positions in the *train* sequences,
-    divided by sqrt(b's count); a list's teacher score for c is the decayed sum over the
-    user's most recent items. Its listwise distribution is a dense target (every candidate
-    carries signal), where the next-item label has one positive."""
-
-    def __init__(self, split, item_ids: Sequence[str], window: int = 3, recent: int = 5, decay: float = 0.7):
-        self.index = {i: n for n, i in enumerate(item_ids)}
-        n = len(item_ids)
-        t = np.zeros((n, n), dtype=np.float32)
-        for u in split.users:
-            seq = [self.index[i] for i in split.history(u, "valid")[::-1] if i in self.index]
-            for a in range(len(seq)):
-                for b in seq[a + 1:a + 1 + window]:
-                    t[seq[a], b] += 1.0
-        col = np.sqrt(np.maximum(t.sum(0), 1.0))
-        self.t = t / col[None, :]
-        self.recent, self.decay = recent, decay
-
-    def scores(self, history: Sequence[str], candidates: Sequence[str]) -> np.ndarray:
-        h = [self.index[i] for i in history if i in self.index][:self.recent]
-        c = [self.index.get(i, 0) for i in candidates]
-        if not h:
-            return np.zeros(len(c), np.float32)
-        w = self.decay ** np.arange(len(h), dtype=np.float32)
-        out = (self.t[np.ix_(h, c)] * w[:, None]).sum(0)
-        out[[n for n, i in enumerate(candidates) if i not in self.index]] = 0.0
-        return out
-
-
 def training_positions(split, recent_positions: int = 0) -> list[tuple[str, int]]:
     """(user, t) for every position t >= 1 of each user's train sequence (t items before it)."""
     out = []
@@ -585,7 +554,10 @@ def train(cfg: TrainConfig, data: TrainingData, *, repo: Path | None, work_dir: 
     for g in optimizer.param_groups:
         g["base_lr"] = g["lr"]
 
-    teacher = TransitionTeacher(data.split, sorted(data.items, key=_id_key)) if cfg.distill > 0 else None
+    from export.retriever import TransitionTeacher
+
+    teacher = (TransitionTeacher(data.split, sorted(data.items, key=_id_key), upto="valid")
+               if cfg.distill > 0 else None)
     positions = training_positions(data.split, cfg.recent_positions)
     order = list(positions)
     random.Random(cfg.seed).shuffle(order)
@@ -720,7 +692,9 @@ def train(cfg: TrainConfig, data: TrainingData, *, repo: Path | None, work_dir: 
     progress.update(step, loss_ema, pps, force=True)
     progress.close()
     log(f"train: stopped by {stopped_by} after {step} steps, {pairs} pairs in {train_s:.0f}s "
-        f"({pps:.0f} pairs/s); loss {loss_ema:.4f} (uniform: {math.log(1 + cfg.negatives):.4f})")
+        f"({pps:.0f} pairs/s); loss {loss_ema:.4f} (label cross-entropy of a uniform model: "
+        f"{math.log(1 + cfg.negatives):.4f}" + (f"; the loss adds {cfg.distill:g} x KL to the teacher)"
+                                                 if cfg.distill > 0 else ")"))
 
     split_emb.merge()
     model.eval()
@@ -820,7 +794,9 @@ def export_trained(hf_dir: Path, repo: Path, cfg: TrainConfig, data: TrainingDat
         "base_model": describe_base_model(base),
         "data": describe_data(data),
         "objective": "next-item prediction on train sequences; listwise softmax over 1 positive + "
-                     f"{cfg.negatives} negatives ({cfg.hard_negatives:.0%} from ItemKNN top-{cfg.retriever_k})",
+                     f"{cfg.negatives} negatives ({cfg.hard_negatives:.0%} from ItemKNN top-{cfg.retriever_k})"
+                     + (f", plus {cfg.distill:g} x listwise KL to a transition-count teacher on the same lists"
+                        if cfg.distill > 0 else ""),
         "config": cfg.to_dict(),
         "steps": result.steps, "pairs": result.pairs, "train_seconds": round(result.train_s, 1),
         "pairs_per_second": round(result.pairs_per_s, 1), "final_loss": round(result.final_loss, 4),

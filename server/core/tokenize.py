@@ -109,7 +109,7 @@ class PairTokenizer:
         self._pieces = Tokenizer.from_str(tokenizer.to_str())
         self._pieces.no_truncation()
         self._pad_id = tokenizer.token_to_id("[PAD]") or 0
-        self._cache: OrderedDict[str, list[int]] = OrderedDict()
+        self._cache: OrderedDict[str, tuple[int, ...]] = OrderedDict()
         self._cache_size = cache_size
         self.hits = self.misses = 0
         self._template = _derive_template(tokenizer)
@@ -122,9 +122,9 @@ class PairTokenizer:
         return cls(Tokenizer.from_file(str(path)), spec)
 
     # -- pieces ----------------------------------------------------------------------
-    def _ids(self, texts: Sequence[str]) -> list[list[int]]:
+    def _ids(self, texts: Sequence[str]) -> list[tuple[int, ...]]:
         """Ids without special tokens, through the bounded cache."""
-        out: list[list[int] | None] = []
+        out: list[tuple[int, ...] | None] = []
         missing: dict[str, None] = {}
         for t in texts:
             ids = self._cache.get(t)
@@ -136,7 +136,9 @@ class PairTokenizer:
         if missing:
             self.misses += len(missing)
             for t, enc in zip(missing, self._pieces.encode_batch(list(missing), add_special_tokens=False)):
-                self._cache[t] = enc.ids
+                # A tuple of ints: the garbage collector stops tracking it, so a large cache
+                # does not lengthen full collections (a p99 cost in a long-running gateway).
+                self._cache[t] = tuple(enc.ids)
             while len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
         self.hits += len(texts) - len(missing)

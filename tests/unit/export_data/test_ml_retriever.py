@@ -60,3 +60,21 @@ def test_itemknn_neighbour_pruning_and_unknown_history():
     # unseen items in history are skipped, not an error; an empty history is pure Pop
     assert knn.retrieve(["nope", "1"], k=1)[0][0] == "2"
     assert [i for i, _ in knn.retrieve([], k=4)] == [i for i, _ in PopRetriever().fit(TRAIN).retrieve([], k=4)]
+
+
+def test_transition_teacher_counts_by_hand():
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from export.retriever import TransitionTeacher
+
+    # Train sequences (oldest first): u1: a b c, u2: a c. history(u, "valid") is newest first.
+    seqs = {"u1": ["a", "b", "c"], "u2": ["a", "c"]}
+    split = SimpleNamespace(users=list(seqs), history=lambda u, upto: seqs[u][::-1])
+    t = TransitionTeacher(split, ["a", "b", "c"], upto="valid", window=1, recent=2, decay=0.5)
+    # Transitions within 1 step: a->b, b->c, a->c; column counts b: 1, c: 2.
+    # History [b, a] (newest first): score(c) = 1 * T[b,c] + 0.5 * T[a,c] = 1/sqrt2 + 0.5/sqrt2.
+    got = t.scores(["b", "a"], ["c", "b", "zz"])
+    np.testing.assert_allclose(got, [1.5 / np.sqrt(2.0), 0.5 * 1.0, 0.0], rtol=1e-6)
+    assert not t.scores([], ["a"]).any()  # no history: no opinion

@@ -105,7 +105,7 @@ def test_one_step_checkpoint_resume_export_and_eval(data, tiny, tmp_path, folder
     rep = run_eval(vdir, split_name="test", paths=("in-process",), data_dir=folder, split=data.split,
                    items=items, reports_dir=tmp_path / "reports", score_all=True, log=lambda *_: None)
     ip = rep.paths["in-process"]
-    assert set(ip) == {"pop", "retriever", "random", "model", "final"}
+    assert set(ip) == {"pop", "retriever", "random", "model", "final", "teacher"}
     assert ip["retriever"]["users"] == len(USERS)
     assert rep.info["scored_lists"] == len(USERS)
     names = sorted(Path(f).name for f in rep.info["files"])
@@ -124,24 +124,6 @@ def test_budget_is_respected(data, tiny, tmp_path):
     assert res.total_s <= 0.5 * 60 + 2
     with pytest.raises(BudgetExceeded):
         train(cfg(tiny, budget_min=0.01), data, repo=tmp_path / "r", work_dir=tmp_path, log=lambda *_: None)
-
-
-def test_transition_teacher_counts_by_hand():
-    from types import SimpleNamespace
-
-    import numpy as np
-
-    from export.train import TransitionTeacher
-
-    # Train sequences (oldest first): u1: a b c, u2: a c. history(u, "valid") is newest first.
-    seqs = {"u1": ["a", "b", "c"], "u2": ["a", "c"]}
-    split = SimpleNamespace(users=list(seqs), history=lambda u, upto: seqs[u][::-1])
-    t = TransitionTeacher(split, ["a", "b", "c"], window=1, recent=2, decay=0.5)
-    # Transitions within 1 step: a->b, b->c, a->c; column counts b: 1, c: 2.
-    # History [b, a] (newest first): score(c) = 1 * T[b,c] + 0.5 * T[a,c] = 1/sqrt2 + 0.5/sqrt2.
-    got = t.scores(["b", "a"], ["c", "b", "zz"])
-    np.testing.assert_allclose(got, [1.5 / np.sqrt(2.0), 0.5 * 1.0, 0.0], rtol=1e-6)
-    assert not t.scores([], ["a"]).any()  # no history: no opinion
 
 
 def test_distillation_changes_the_loss_and_can_be_turned_off(data, tiny, tmp_path):
