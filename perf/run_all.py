@@ -110,16 +110,16 @@ def tune_grid(kind: str, spec) -> list[dict]:
     base = {"instances": 1, "threads": 2, "preferred": tuple(spec.preferred_batch_sizes),
             "delay_us": spec.max_queue_delay_us, "max_batch": spec.max_batch_size, "sub_batch": "32"}
     grid = [base,
-            {**base, "max_batch": 128, "preferred": (64, 128)},
+            {**base, "max_batch": 64, "preferred": (16, 32, 64)},
             {**base, "instances": 2, "threads": 1},
             # 100 candidates as 50 + 50 (the gateway splits at max batch) on two instances
             {**base, "instances": 2, "threads": 1, "max_batch": 50, "preferred": (50,)}]
     if kind == "full":
         grid += [{**base, "sub_batch": "64"},
-                 {**base, "delay_us": 0, "preferred": ()},
+                 {**base, "delay_us": 2000},
                  {**base, "delay_us": 5000},
-                 {**base, "instances": 2, "threads": 1, "max_batch": 128, "preferred": (64, 128)},
-                 {**base, "max_batch": 128, "preferred": (64, 128), "sub_batch": "64"},
+                 {**base, "instances": 2, "threads": 1, "max_batch": 64, "preferred": (32, 64)},
+                 {**base, "sub_batch": "128"},
                  {**base, "threads": 1}]
     return grid
 
@@ -348,8 +348,12 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=PROJECT_ROOT / "reports" / "perf")
     ap.add_argument("--only", default="engines,tuning,perf_analyzer,gateway,side",
                     help="comma-separated sections to run")
+    ap.add_argument("--overhead-n", type=int, help="sequential requests for the gateway-overhead "
+                                                   "figure (default: the budget's)")
     args = ap.parse_args(argv)
-    b = BUDGETS[args.budget]
+    b = dict(BUDGETS[args.budget])
+    if args.overhead_n:
+        b["overhead_n"] = args.overhead_n
     only = set(args.only.split(","))
     out: Path = args.out
     work = out / "work"

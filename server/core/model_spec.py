@@ -15,12 +15,18 @@ class ModelSpec:
     name: str = "reranker"
     input_names: tuple[str, ...] = ("input_ids", "attention_mask", "token_type_ids")
     output_name: str = "score"
-    max_batch_size: int = 64
+    # 128: a typical request (<= 128 candidates) is one Triton call; longer lists are split
+    # and the chunks sent concurrently.
+    max_batch_size: int = 128
     # Pairs of one request are padded to the smallest bucket that fits the longest pair,
     # so that Triton's batcher (which needs equal shapes) can join different callers.
     seq_buckets: tuple[int, ...] = (32, 64, 128, 256)
-    max_queue_delay_us: int = 2000
-    preferred_batch_sizes: tuple[int, ...] = (16, 32, 64)
+    # No waiting for a fuller batch: requests that queue while the instance is busy are still
+    # batched together, but an idle instance starts at once. A 2 ms delay cost sequential
+    # 10-candidate requests 2 ms of latency (overhead p50 5.3 -> 3.3 ms) and bought no
+    # throughput at 8 concurrent callers (perf/, measured side by side).
+    max_queue_delay_us: int = 0
+    preferred_batch_sizes: tuple[int, ...] = (32, 64, 128)
 
     @property
     def max_seq_len(self) -> int:

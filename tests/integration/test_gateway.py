@@ -93,14 +93,26 @@ def test_dynamic_batching_merges_concurrent_requests(stack, stub):
         cands = [pb.Candidate(item_id=f"b{k}-{j}", text=f"film {k} part {j}") for j in range(3)]
         return stub.Rerank(pb.RerankRequest(user_id=f"u-batch-{k % 4}", candidates=cands), timeout=30)
 
-    inf0, exe0 = counts()
-    with cf.ThreadPoolExecutor(32) as pool:
-        list(pool.map(one, range(96)))
-    inf1, exe1 = counts()
+    # The served default has no queue delay (an idle instance starts at once), so how much
+    # gets merged depends on timing; a 20 ms window makes the merging itself deterministic.
+    # Loaded as a config override of the same version, then restored from the file.
+    import json
+
+    cfg = client.get_model_config("reranker", as_json=True)["config"]
+    cfg["dynamic_batching"]["max_queue_delay_microseconds"] = "20000"
+    client.load_model("reranker", config=json.dumps(cfg))
+    try:
+        one(-1)  # served by the reloaded instance: the old one (and its statistics) is gone
+        inf0, exe0 = counts()
+        with cf.ThreadPoolExecutor(32) as pool:
+            list(pool.map(one, range(96)))
+        inf1, exe1 = counts()
+    finally:
+        client.load_model("reranker")
     inferences, executions = inf1 - inf0, exe1 - exe0
     print(f"dynamic batching: {inferences} inferences in {executions} executions")
     assert inferences == 96 * 3  # Triton counts rows
-    assert executions < 96  # fewer engine calls than requests: callers were batched together
+    assert executions < 96 / 2  # far fewer engine calls than requests: callers were batched together
 
 
 def test_events_change_the_very_next_ranking(stub):
