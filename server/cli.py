@@ -189,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host")
     s.add_argument("--port", type=int)
     s.add_argument("--triton-url")
-    s.add_argument("--store", help="sqlite:///path or redis://host:port/db")
+    s.add_argument("--store", help="sqlite:///relative.db, sqlite:////absolute.db or redis://host:port/db")
     s.add_argument("--model-repository")
     s.set_defaults(func=cmd_serve)
 
@@ -215,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--upto", choices=["valid", "test", "all"], default="all",
                    help="which part of each user's history to load (leave-one-out split)")
     d.add_argument("--if-empty", action="store_true", help="do nothing if the store has the items")
-    d.add_argument("--store", help="sqlite:///path or redis://host:port/db")
+    d.add_argument("--store", help="sqlite:///relative.db, sqlite:////absolute.db or redis://host:port/db")
     d.set_defaults(func=cmd_data)
 
     from export import evaluate as _evaluate_args

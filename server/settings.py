@@ -52,7 +52,7 @@ class TritonSettings:
 
 @dataclass
 class StoreSettings:
-    # sqlite:///path/to/file.db or redis://host:port/db
+    # sqlite:///relative/file.db, sqlite:////absolute/file.db or redis://host:port/db
     url: str = f"sqlite:///{PROJECT_ROOT / 'var' / 'rerankd.db'}"
     # Most recent interactions kept per user (and rendered into the user text).
     history_len: int = 20

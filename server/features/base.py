@@ -36,11 +36,12 @@ class FeatureStore(Protocol):
 
 
 def open_store(url: str, *, history_len: int = 20) -> FeatureStore:
-    """Open the backend named by ``url``: ``sqlite:///path`` or ``redis://host:port/db``."""
-    if url.startswith("sqlite://"):
+    """Open the backend named by ``url``: ``sqlite:///relative/path``, ``sqlite:////absolute/path``
+    (the usual SQLite URL convention) or ``redis://host:port/db``."""
+    if url.startswith("sqlite:///"):
         from server.features.sqlite import SqliteStore
 
-        return SqliteStore(url.removeprefix("sqlite://"), history_len=history_len)
+        return SqliteStore(url.removeprefix("sqlite:///"), history_len=history_len)
     if url.startswith(("redis://", "rediss://", "unix://")):
         from server.features.redis import RedisStore
 
