@@ -210,6 +210,12 @@ def write_report(out: Path, res: dict) -> Path:
               f"gateway's own Triton call) p50 {ov.get('gateway_only_p50_ms', float('nan')):.1f} / p99 "
               f"{ov.get('gateway_only_p99_ms', float('nan')):.1f} ms; Triton compute p50 "
               f"{ov['triton_compute_p50_ms']:.1f} ms, end to end p50 {ov['e2e_p50_ms']:.1f} ms.", ""]
+        fl = ov.get("grpc_floor")
+        if fl:
+            L += [f"For scale, the gRPC floor: a `grpc.health.v1` Check on the same gateway, same blocking "
+                  f"client, one call every {fl['gap_ms']:.0f} ms (the idle time a request spends waiting on "
+                  f"Triton): p50 {fl['p50_ms']:.2f} ms, p99 {fl['p99_ms']:.2f} ms. A rerank request pays this "
+                  "twice (caller -> gateway, gateway -> Triton).", ""]
     s = res.get("side_by_side")
     if s:
         rows = [{"system": k, **v} for k, v in s.items() if isinstance(v, dict)]

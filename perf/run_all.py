@@ -246,7 +246,7 @@ def section_perf_analyzer(out: Path, stack, prepared, vd: Path, b: dict, res: di
 
 def section_gateway(out: Path, stack, workload_msgs, cand_msgs: dict, b: dict, res: dict, instances: int = 1,
                     served: tuple | None = None, max_batch: int = 64):
-    from perf.loadgen import closed_loop, open_loop, sequential_overhead
+    from perf.loadgen import closed_loop, grpc_floor, open_loop, sequential_overhead
 
     log(f"==> [5/6] gateway load (load avg {load_avg()})")
     closed = []
@@ -283,18 +283,21 @@ def section_gateway(out: Path, stack, workload_msgs, cand_msgs: dict, b: dict, r
     res["sequential_config"] = {"instances": instances}
     cands = []
     for n, msgs in cand_msgs.items():
-        rows = asyncio.run(sequential_overhead(stack.addr, msgs, b["cand_n"], stack.model_stats,
-                                               instances=instances, max_batch=max_batch))
+        rows = sequential_overhead(stack.addr, msgs, b["cand_n"], stack.model_stats,
+                                   instances=instances, max_batch=max_batch)
         cands.append(_overhead_summary(rows, n))
         log(f"    {n} candidates (sequential): e2e p50 {cands[-1]['e2e_p50_ms']:.0f} ms, "
             f"overhead p50 {cands[-1]['overhead_p50_ms']:.1f} p99 {cands[-1]['overhead_p99_ms']:.1f} ms")
     log(f"    overhead at 100 candidates, {b['overhead_n']} sequential requests ...")
-    rows = asyncio.run(sequential_overhead(stack.addr, cand_msgs[100], b["overhead_n"], stack.model_stats,
-                                           instances=instances, max_batch=max_batch))
+    rows = sequential_overhead(stack.addr, cand_msgs[100], b["overhead_n"], stack.model_stats,
+                               instances=instances, max_batch=max_batch)
     write_csv(out / "gateway_overhead_requests.csv", rows)
     ov = _overhead_summary(rows, 100)
     log(f"    overhead p50 {ov['overhead_p50_ms']:.1f} p95 {ov['overhead_p95_ms']:.1f} p99 {ov['overhead_p99_ms']:.1f} ms; "
         f"gateway only (e2e - its infer stage) p99 {ov.get('gateway_only_p99_ms', float('nan')):.1f} ms")
+    ov["grpc_floor"] = grpc_floor(stack.addr, b["overhead_n"], ov["e2e_p50_ms"] / 1000.0)
+    log(f"    gRPC floor (health check, same client, same idle gap): p50 {ov['grpc_floor']['p50_ms']:.2f} "
+        f"p99 {ov['grpc_floor']['p99_ms']:.2f} ms")
     if restore is not None:
         apply_config(stack, restore[0], restore[2], restore[1])
     write_csv(out / "gateway_closed.csv", closed)
@@ -308,7 +311,7 @@ def _overhead_summary(rows: list[dict], n: int) -> dict:
     out = {"candidates": n, "requests": len(ok), "errors": len(rows) - len(ok)}
     if not ok:
         return out
-    for key in ("e2e_ms", "triton_compute_ms", "triton_queue_ms", "overhead_ms", "gateway_only_ms"):
+    for key in ("e2e_ms", "triton_compute_ms", "triton_queue_ms", "overhead_ms", "gateway_only_ms", "transport_ms"):
         if not all(key in r for r in ok):
             continue
         v = np.array([r[key] for r in ok])

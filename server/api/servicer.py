@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import grpc
 
 from server.api import convert
@@ -19,8 +21,13 @@ class RerankerServicer(pb_grpc.RerankerServicer):
 
     @grpc_errors
     async def Rerank(self, request, context: grpc.aio.ServicerContext, request_id: str):
+        t0 = time.perf_counter()
         req = convert.rerank_request(request, request_id=request_id, timeout_s=context.time_remaining())
-        return convert.rerank_response(await self.pipeline.rerank(req))
+        resp = convert.rerank_response(await self.pipeline.rerank(req))
+        # "handler": this method, conversions included; the caller's latency minus it is the
+        # transport (both gRPC stacks and the network).
+        resp.timings.add(stage="handler", ms=(time.perf_counter() - t0) * 1000.0)
+        return resp
 
     @grpc_errors
     async def RecordEvents(self, request, context: grpc.aio.ServicerContext, request_id: str):

@@ -178,7 +178,11 @@ class PairTokenizer:
         items = self._ids(item_texts)
         n = len(items)
         n2 = np.fromiter((len(x) for x in items), dtype=np.int64, count=n)
-        a, b = truncate_pairs(len(user), n2, self.spec.max_seq_len - tpl.n_special)
+        budget = self.spec.max_seq_len - tpl.n_special
+        if n and len(user) + int(n2.max()) <= budget:  # the usual case: every pair fits whole
+            a, b = np.full(n, len(user), dtype=np.int64), n2
+        else:
+            a, b = truncate_pairs(len(user), n2, budget)
         lens = p + a + m + b + s
         seq_len = self.spec.bucket_for(int(lens.max()) if n else 1)
         ids = np.full((n, seq_len), self._pad_id, dtype=np.int64)
