@@ -18,9 +18,9 @@ help:
 $(STAMP): pyproject.toml
 	@echo "==> creating virtual environment $(VENV) and installing packages (about a minute)"
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	@set -o pipefail; $(PY) -m pip install --progress-bar on -e '.[export,dev]' 2>&1 \
+	@set -o pipefail; $(PY) -m pip install --progress-bar on -e '.[export,engines,dev]' 2>&1 \
 	  | grep --line-buffered -E '^(Collecting|Installing|Successfully|ERROR)|━' || true
-	@$(PY) -c "import server, export, grpc, tritonclient.grpc, onnxruntime, tokenizers, torch"
+	@$(PY) -c "import server, export, grpc, tritonclient.grpc, onnxruntime, openvino, tokenizers, torch"
 	@touch $@
 
 venv: $(STAMP)
@@ -61,7 +61,7 @@ test: venv protos triton redis
 # "--model-version N" to bench another one; "--budget full" for longer measurements).
 perf: venv protos triton
 	@$(PY) -c "import sentence_transformers, openvino, nncf" 2>/dev/null || \
-	  $(PY) -m pip install --progress-bar on -q -e '.[export,dev,perf]' 2>&1 | grep -v '^WARNING: Location'
+	  $(PY) -m pip install --progress-bar on -q -e '.[export,engines,dev,perf]' 2>&1 | grep -v '^WARNING: Location'
 	@$(PY) -m perf.run_all --budget short $(PERF_ARGS)
 
 clean:

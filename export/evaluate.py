@@ -49,6 +49,7 @@ KS = (5, 10, 20)
 PROTOCOL = __doc__.split("every report):", 1)[1].split("\n\nOnly users", 1)[0].strip()
 ORDERS = ("pop", "retriever", "random", "model", "final")
 EVAL_RULE_SET = "rerankd_eval_blend"
+_BACKEND_SRC = Path(__file__).resolve().parents[1] / "model_repository" / "reranker" / "model.py"
 
 
 @dataclass
@@ -258,12 +259,14 @@ def score_lists(lists: Sequence[tuple[Sequence[str], Sequence[str]]], encode: Ca
 
 # -- in-process scoring of an exported version --------------------------------------------------
 class VersionScorer:
-    """A model version scored in this process exactly as the gateway would: the version's
-    renderer options and tokenizer (padded to its sequence buckets), its ``model.onnx``."""
+    """A model version scored in this process exactly as the gateway and Triton would: the
+    version's renderer options and tokenizer (padded to its sequence buckets), and its engine
+    run through the Triton backend's own ``load_scorer`` (``model_repository/reranker/model.py``)
+    with the parameters the export served it with."""
 
     def __init__(self, version_dir: Path, threads: int = 2):
-        import onnxruntime as ort
-
+        from export.engines import load_backend
+        from export.write_repo import DEFAULT_PARAMETERS
         from server.core.model_spec import Manifest
         from server.core.render import Renderer
         from server.core.tokenize import PairTokenizer
@@ -272,14 +275,14 @@ class VersionScorer:
         self.manifest = Manifest.read(self.dir / "manifest.json")
         self.tokenizer = PairTokenizer.from_file(self.dir / "tokenizer.json", self.manifest.spec)
         self.renderer = Renderer.for_model(self.manifest, self.tokenizer)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        # No spin-waiting: on a shared 2-core machine spinning threads fight the other work.
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(self.dir / "model.onnx"), opts,
-                                            providers=["CPUExecutionProvider"])
-        self.output = self.session.get_outputs()[0].name
+        backend = load_backend(self.dir / "model.py" if (self.dir / "model.py").is_file()
+                               else _BACKEND_SRC)
+        # The engine: the version's own (its manifest), as in Triton. No spin-waiting: on a
+        # shared 2-core machine spinning threads fight the other work.
+        params = {**DEFAULT_PARAMETERS, "intra_op_threads": str(threads), "allow_spinning": "0"}
+        self.engine = backend.version_engine(str(self.dir))
+        self._scorer = backend.load_scorer(str(self.dir), params, self.manifest.spec.input_names,
+                                           self.manifest.spec.output_name)
 
     def texts(self, history_items, candidate_items, history_in_text: int = 10) -> tuple[str, list[str]]:
         n = self.renderer.history_items(history_in_text)
@@ -292,9 +295,8 @@ class VersionScorer:
     def score(self, user_text: str, item_texts: Sequence[str]) -> np.ndarray:
         spec = self.manifest.spec
         batch = self.encode(user_text, item_texts)
-        out = []
-        for s in range(0, len(batch), spec.max_batch_size):
-            out.append(self.session.run([self.output], batch.rows(s, s + spec.max_batch_size))[0].reshape(-1))
+        out = [self._scorer.score(batch.rows(s, s + spec.max_batch_size)).reshape(-1)
+               for s in range(0, len(batch), spec.max_batch_size)]
         return np.concatenate(out).astype(np.float32)
 
 
@@ -327,12 +329,14 @@ def _prepare_repo(version_dir: Path, dest: Path) -> Path:
     model_dir = dest / version_dir.parent.name
     (model_dir / version_dir.name).mkdir(parents=True)
     shutil.copy2(version_dir.parent / "config.pbtxt", model_dir / "config.pbtxt")
-    for f in version_dir.iterdir():
-        target = model_dir / version_dir.name / f.name
+    def link(src: str, dst: str) -> None:
         try:
-            os.link(f, target)
+            os.link(src, dst)
         except OSError:
-            shutil.copy2(f, target)
+            shutil.copy2(src, dst)
+
+    # Engine files may sit in sub-folders (openvino_int8/).
+    shutil.copytree(version_dir, model_dir / version_dir.name, copy_function=link, dirs_exist_ok=True)
     return dest
 
 

@@ -81,13 +81,14 @@ def run_export(hf_dir: Path | None, repo: Path, *, spec: ModelSpec | None = None
         from export.engines import ENGINE_PARAMETERS, prepare_engine
         from export.write_repo import DEFAULT_PARAMETERS
 
-        config_parameters = None
-        if engine != "onnxruntime" or parameters:
-            config_parameters = {**DEFAULT_PARAMETERS, **ENGINE_PARAMETERS[engine],
-                                 **({"engine": engine} if engine != "onnxruntime" else {}),
-                                 **(parameters or {})}
+        # The engine belongs to the version (its files, its manifest), not to config.pbtxt,
+        # which all versions share: the backend reads it from the manifest, so rolling back to
+        # an older version with another engine needs no config change.
+        config_parameters = {**DEFAULT_PARAMETERS, **(parameters or {})} if parameters else None
         engine_files, engine_check = step(f"engine {engine}", prepare_engine, engine, onnx_path,
-                                          tokenizer, Path(tmp), backend_src, params=config_parameters,
+                                          tokenizer, Path(tmp), backend_src,
+                                          params={**ENGINE_PARAMETERS[engine], **(config_parameters or {}),
+                                                  "engine": engine},
                                           render=render, log=log)
         manifest = Manifest(
             spec=spec, base_model=base_model or describe_base_model(hf_dir), engine=engine,

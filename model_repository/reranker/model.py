@@ -6,7 +6,8 @@ several callers' requests at once; we join their rows, sort them by real length,
 the engine on length-homogeneous sub-batches trimmed to their own longest row, then split
 the scores back.
 
-The engine is chosen by ``config.pbtxt`` parameters (all optional):
+The engine is the version's own: ``engine`` in its ``manifest.json`` (written by the export
+that built the engine's files), unless ``config.pbtxt`` names one. Parameters (all optional):
 
     engine            onnxruntime (default, model.onnx, fp32) | onnxruntime_int8
                       (model.int8.onnx, dynamic int8) | openvino (model.onnx read by
@@ -56,8 +57,19 @@ class EngineError(RuntimeError):
     """The configured engine cannot be loaded (unknown name, missing file or package)."""
 
 
-def _param(config: dict, key: str) -> str:
-    return config.get("parameters", {}).get(key, {}).get("string_value", DEFAULTS[key])
+def _params(config: dict) -> dict[str, str]:
+    """The parameters ``config.pbtxt`` sets (only those; the rest take their defaults)."""
+    given = config.get("parameters", {})
+    return {k: given[k]["string_value"] for k in DEFAULTS if "string_value" in given.get(k, {})}
+
+
+def version_engine(version_dir: str) -> str:
+    """The engine the version was exported with (its manifest), else ONNX Runtime fp32."""
+    try:
+        with open(os.path.join(version_dir, "manifest.json")) as f:
+            return json.load(f).get("engine") or DEFAULTS["engine"]
+    except (OSError, ValueError):
+        return DEFAULTS["engine"]
 
 
 class OrtEngine:
@@ -186,7 +198,7 @@ class Scorer:
 def load_scorer(version_dir: str, params: dict[str, str] | None = None,
                 input_names=("input_ids", "attention_mask", "token_type_ids"),
                 output_name: str = "score") -> Scorer:
-    p = {**DEFAULTS, **(params or {})}
+    p = {**DEFAULTS, "engine": version_engine(version_dir), **(params or {})}
     engine = load_engine(version_dir, output_name, p)
     missing = [n for n in input_names if n not in engine.input_names]
     if missing:
@@ -201,7 +213,7 @@ class TritonPythonModel:
         version_dir = os.path.join(args["model_repository"], args["model_version"])
         self.input_names = [i["name"] for i in config["input"]]
         self.output_name = config["output"][0]["name"]
-        params = {k: _param(config, k) for k in DEFAULTS}
+        params = _params(config)
         try:
             self.scorer = load_scorer(version_dir, params, self.input_names, self.output_name)
         except EngineError as exc:

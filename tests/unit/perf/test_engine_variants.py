@@ -71,7 +71,7 @@ def test_openvino_variant_matches_fp32(tiny):
     assert result.max_abs_diff < 1e-4
 
 
-def test_run_export_writes_the_engine_into_version_and_config(tiny, tmp_path, monkeypatch):
+def test_run_export_writes_the_engine_into_the_version_not_the_shared_config(tiny, tmp_path, monkeypatch):
     from export.pipeline import run_export
 
     monkeypatch.setattr(E, "movielens_requests", lambda *a, **k: None)  # no data set needed
@@ -87,7 +87,13 @@ def test_run_export_writes_the_engine_into_version_and_config(tiny, tmp_path, mo
     assert manifest["engine"] == "onnxruntime_int8"
     assert {"spearman_mean", "top10_overlap_mean", "max_abs_diff"} <= set(manifest["export_check"]["engine_check"])
     config = (repo / "reranker" / "config.pbtxt").read_text()
-    assert 'string_value: "onnxruntime_int8"' in config and 'string_value: "64"' in config
+    # config.pbtxt is shared by every version: it keeps the tuning parameters, and the backend
+    # takes the engine from the version's manifest (so a rollback needs no config change).
+    assert 'string_value: "64"' in config and "onnxruntime_int8" not in config
+    backend = E.load_backend(BACKEND_SRC)
+    assert backend.version_engine(str(vd)) == "onnxruntime_int8"
+    scorer = backend.load_scorer(str(vd), {"intra_op_threads": "1"})
+    assert scorer.score(tiny["batches"][0]).shape == (len(tiny["batches"][0]["input_ids"]),)
 
 
 def test_run_export_default_keeps_onnxruntime_and_default_parameters(tiny, tmp_path):
