@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
@@ -43,7 +44,12 @@ def add_parser(sub) -> None:
     b.add_argument("--batch", type=int, default=500, help="items per UpsertItems call")
     b.add_argument("--delete", action="store_true", help="delete the file's item ids instead")
 
-    csub.add_parser("health", help="gRPC health status")
+    h = csub.add_parser("health", help="gRPC health status")
+    for p in (r, u, e, b, h):
+        # --addr / --timeout also after the subcommand (`client rerank --addr ...`), where
+        # people type them; SUPPRESS keeps the value given before the subcommand otherwise.
+        p.add_argument("--addr", default=argparse.SUPPRESS, help="gateway address")
+        p.add_argument("--timeout", type=float, default=argparse.SUPPRESS, help="deadline in seconds")
     for p in (r, u, e, b):
         p.set_defaults(func=_run)
     c.set_defaults(func=_run)
