@@ -280,7 +280,7 @@ class VersionScorer:
         # The engine: the version's own (its manifest), as in Triton. No spin-waiting: on a
         # shared 2-core machine spinning threads fight the other work.
         params = {**DEFAULT_PARAMETERS, "intra_op_threads": str(threads), "allow_spinning": "0"}
-        self.engine = backend.version_engine(str(self.dir))
+        self.engine = self.manifest.engine or "onnxruntime"  # the backend reads the same field
         self._scorer = backend.load_scorer(str(self.dir), params, self.manifest.spec.input_names,
                                            self.manifest.spec.output_name)
 
