@@ -150,12 +150,12 @@ class Pipeline:
                 scores[k] = float(s)
         watch.mark("infer")
 
-        model_scores = {idx: scores[k] for k, (idx, _) in enumerate(scoreable)}
-        item_at = dict(scoreable)
-        outcome = apply_rules(
-            ruleset,
-            [RuleCandidate.of(c, item_at.get(idx), model_scores.get(idx)) for idx, c in enumerate(req.candidates)],
-            history=events, now=time.time(), top_n=req.top_n)
+        # One RuleCandidate per candidate; unscoreable ones keep model score 0 and go last.
+        rule_cands = [RuleCandidate(c.item_id, 0.0, c.retrieval_score, {}, False) for c in req.candidates]
+        for k, (idx, item) in enumerate(scoreable):
+            rc = rule_cands[idx]
+            rc.model_score, rc.attributes, rc.scored = float(scores[k]), item.attributes, True
+        outcome = apply_rules(ruleset, rule_cands, history=events, now=time.time(), top_n=req.top_n)
         ranked = outcome.to_scored_items(explain=req.explain)
         watch.mark("rules")
         watch.stages["total"] = watch.elapsed_s() * 1000.0

@@ -8,9 +8,10 @@ from dataclasses import dataclass, field
 from server.types import Candidate, Explanation, Item, ScoredItem
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RuleCandidate:
-    """One candidate as the rules see it.
+    """One candidate as the rules see it (read-only by convention: not frozen, because
+    frozen dataclasses cost 3x as much to build and the gateway builds one per candidate).
 
     ``attributes`` are the catalog attributes (multi-valued ones pipe-separated,
     ``"Action|Comedy"``); ``scored`` is False when the model could not score the item

@@ -51,6 +51,8 @@ class TritonScorer:
         batcher may merge them with other callers' chunks.
         """
         step = spec.max_batch_size
+        if len(batch) <= step:  # the usual case: one call, no task to schedule
+            return await self._infer(batch.arrays, spec, version, timeout_s, headers)
         chunks = [self._infer(batch.rows(i, i + step), spec, version, timeout_s, headers)
                   for i in range(0, len(batch), step)]
         parts = await asyncio.gather(*chunks)
