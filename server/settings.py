@@ -31,6 +31,10 @@ class ServerSettings:
     score_cache_size: int = 200_000
     # Deadline applied when the caller sets none (seconds).
     default_timeout_s: float = 10.0
+    # Full garbage collections run when no request is in flight, at most this often, or
+    # anyway after gc_max_delay_s (see server.api.collector); 0 keeps Python's own schedule.
+    gc_idle_every_s: float = 30.0
+    gc_max_delay_s: float = 120.0
 
 
 @dataclass

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 
 import grpc
@@ -13,6 +12,7 @@ from grpc_reflection.v1alpha import reflection
 
 from server.api.pb import reranker_pb2 as pb
 from server.api.pb import reranker_pb2_grpc as pb_grpc
+from server.api.collector import IdleCollector
 from server.api.servicer import RerankerServicer
 from server.core.admission import Admission
 from server.core.pipeline import Pipeline, PipelineConfig
@@ -68,6 +68,8 @@ class Gateway:
         self.port: int | None = None
         self._watch_task: asyncio.Task | None = None
         self._rules_task: asyncio.Task | None = None
+        self._gc_task: asyncio.Task | None = None
+        self.collector: IdleCollector | None = None
 
     async def start(self) -> int:
         """Bind and start serving; returns the bound port (useful with port 0)."""
@@ -84,10 +86,13 @@ class Gateway:
         await self.server.start()
         await self.models.refresh()
         await self._set_health()
-        # Everything loaded so far lives as long as the process: keep it out of the
-        # collector's full passes, which otherwise show up as p99 latency spikes.
-        gc.collect()
-        gc.freeze()
+        # Full garbage collections only when idle (or overdue): see server.api.collector.
+        srv = self.settings.server
+        if srv.gc_idle_every_s > 0:
+            self.collector = IdleCollector(lambda: self.pipeline.admission.in_flight == 0,
+                                           idle_every_s=srv.gc_idle_every_s, max_delay_s=srv.gc_max_delay_s)
+            self.collector.install()
+            self._gc_task = asyncio.create_task(self.collector.run())
         self._watch_task = asyncio.create_task(self._watch_models())
         self._rules_task = (asyncio.create_task(self.rules.watch(self.settings.rules.reload_interval_s))
                             if self.settings.rules.path else None)
@@ -112,11 +117,13 @@ class Gateway:
         """Stop accepting, let in-flight requests finish (up to ``grace_s``), close clients."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace_s)
-        for task in (self._watch_task, self._rules_task):
+        for task in (self._watch_task, self._rules_task, self._gc_task):
             if task:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        if self.collector is not None:
+            self.collector.uninstall()
         await self.scorer.close()
         await self.store.close()
         self.telemetry.shutdown()
