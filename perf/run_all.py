@@ -289,7 +289,8 @@ def section_gateway(out: Path, stack, workload_msgs, cand_msgs: dict, b: dict, r
         log(f"    {n} candidates (sequential): e2e p50 {cands[-1]['e2e_p50_ms']:.0f} ms, "
             f"overhead p50 {cands[-1]['overhead_p50_ms']:.1f} p99 {cands[-1]['overhead_p99_ms']:.1f} ms")
     log(f"    overhead at 100 candidates, {b['overhead_n']} sequential requests ...")
-    rows = sequential_overhead(stack.addr, cand_msgs[100], b["overhead_n"], stack.model_stats,
+    # 48 distinct users and candidate lists, cycled: user texts repeat only every 48 requests.
+    rows = sequential_overhead(stack.addr, workload_msgs_for_overhead(48), b["overhead_n"], stack.model_stats,
                                instances=instances, max_batch=max_batch)
     write_csv(out / "gateway_overhead_requests.csv", rows)
     ov = _overhead_summary(rows, 100)
@@ -304,6 +305,14 @@ def section_gateway(out: Path, stack, workload_msgs, cand_msgs: dict, b: dict, r
     write_csv(out / "gateway_open.csv", opened)
     write_csv(out / "gateway_candidates.csv", cands)
     res.update(gateway_closed=closed, gateway_open=opened, gateway_candidates=cands, gateway_overhead=ov)
+
+
+def workload_msgs_for_overhead(n: int, candidates: int = 100):
+    """``n`` distinct MovieLens requests of ``candidates`` items for the overhead figure."""
+    from perf import workload as W
+    from perf.loadgen import build_messages
+
+    return build_messages(W.make_requests(n, candidates, seed=1000))
 
 
 def _overhead_summary(rows: list[dict], n: int) -> dict:

@@ -33,11 +33,17 @@ def explanation(e: Explanation | None):
         notes=[pb.RuleNote(rule=r, text=t) for r, t in e.notes])
 
 
+def _scored_item(i):
+    if i.explanation is None:
+        return pb.ScoredItem(item_id=i.item_id, score=i.score, rank=i.rank, model_score=i.model_score,
+                             unscored=i.unscored)
+    return pb.ScoredItem(item_id=i.item_id, score=i.score, rank=i.rank, model_score=i.model_score,
+                         unscored=i.unscored, explanation=explanation(i.explanation))
+
+
 def rerank_response(resp: RerankResponse):
     return pb.RerankResponse(
-        items=[pb.ScoredItem(item_id=i.item_id, score=i.score, rank=i.rank, model_score=i.model_score,
-                             unscored=i.unscored, explanation=explanation(i.explanation))
-               for i in resp.items],
+        items=[_scored_item(i) for i in resp.items],
         model_name=resp.model_name,
         model_version=resp.model_version,
         timings=[pb.StageTiming(stage=k, ms=v) for k, v in resp.timings_ms.items()],
