@@ -150,11 +150,8 @@ class Pipeline:
                 scores[k] = float(s)
         watch.mark("infer")
 
-        # One RuleCandidate per candidate; unscoreable ones keep model score 0 and go last.
-        rule_cands = [RuleCandidate(c.item_id, 0.0, c.retrieval_score, {}, False) for c in req.candidates]
-        for k, (idx, item) in enumerate(scoreable):
-            rc = rule_cands[idx]
-            rc.model_score, rc.attributes, rc.scored = float(scores[k]), item.attributes, True
+        scored_at = {idx: (item, scores[k]) for k, (idx, item) in enumerate(scoreable)}
+        rule_cands = [RuleCandidate.of(c, *scored_at.get(idx, (None, None))) for idx, c in enumerate(req.candidates)]
         outcome = apply_rules(ruleset, rule_cands, history=events, now=time.time(), top_n=req.top_n)
         ranked = outcome.to_scored_items(explain=req.explain)
         watch.mark("rules")
