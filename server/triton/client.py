@@ -17,7 +17,7 @@ def _translate(exc: InferenceServerException) -> RerankdError:
     status = str(exc.status() or "")
     if "DEADLINE_EXCEEDED" in status:
         return DeadlineExceeded("Triton did not answer before the deadline")
-    return Unavailable(f"inference failed: {exc.message()}")
+    return Unavailable(f"inference failed: {status.removeprefix('StatusCode.')}: {exc.message()}")
 
 
 class TritonScorer:

@@ -1,0 +1,69 @@
+"""``TritonScorer`` against the session's real Triton: scores, chunking, error mapping."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from server.core.model_spec import Manifest
+from server.core.tokenize import PairTokenizer
+from server.errors import DeadlineExceeded, Unavailable
+from server.triton.client import TritonScorer
+from server.triton.launcher import free_port
+
+pytestmark = pytest.mark.integration
+
+
+def _model(stack):
+    folder = stack.repo / "reranker" / "1"
+    spec = Manifest.read(folder / "manifest.json").spec
+    return folder, spec, PairTokenizer.from_file(folder / "tokenizer.json", spec)
+
+
+async def _score(url, batch, spec, **kwargs):
+    scorer = TritonScorer(url)
+    try:
+        return await scorer.score(batch, spec, "1", **kwargs)
+    finally:
+        await scorer.close()
+
+
+def test_scores_equal_onnxruntime_and_chunks_keep_order(stack):
+    folder, spec, tok = _model(stack)
+    texts = [f"film number {i} | genres: drama" for i in range(spec.max_batch_size + 7)]
+    batch = tok.encode("a user who likes dramas", texts)
+    sess = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    expected = sess.run(["score"], batch.arrays)[0].reshape(-1)
+    # More rows than max_batch_size: two chunks, sent concurrently, joined in order.
+    got = asyncio.run(_score(stack.triton.grpc_url, batch, spec, timeout_s=30,
+                             headers={"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}))
+    assert got.dtype == np.float32 and got.shape == (len(texts),)
+    np.testing.assert_allclose(got, expected, atol=1e-3)
+
+
+def test_a_deadline_too_short_is_deadline_exceeded(stack):
+    _, spec, tok = _model(stack)
+    batch = tok.encode("u", ["x"] * 64)
+    with pytest.raises(DeadlineExceeded):
+        asyncio.run(_score(stack.triton.grpc_url, batch, spec, timeout_s=1e-6))
+
+
+def test_no_triton_listening_is_unavailable(stack):
+    _, spec, tok = _model(stack)
+    with pytest.raises(Unavailable, match="UNAVAILABLE"):
+        asyncio.run(_score(f"127.0.0.1:{free_port()}", tok.encode("u", ["x"]), spec, timeout_s=5))
+
+
+def test_unknown_model_or_output_is_unavailable_with_the_reason(stack):
+    _, spec, tok = _model(stack)
+    batch = tok.encode("u", ["x", "y"])
+    with pytest.raises(Unavailable, match="no-such-model"):
+        asyncio.run(_score(stack.triton.grpc_url, batch, dataclasses.replace(spec, name="no-such-model"),
+                           timeout_s=5))
+    with pytest.raises(Unavailable):
+        asyncio.run(_score(stack.triton.grpc_url, batch, dataclasses.replace(spec, output_name="nope"),
+                           timeout_s=5))
