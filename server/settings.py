@@ -35,6 +35,8 @@ class ServerSettings:
     # anyway after gc_max_delay_s (see server.api.collector); 0 keeps Python's own schedule.
     gc_idle_every_s: float = 30.0
     gc_max_delay_s: float = 120.0
+    # Collections that also rescan the objects frozen by earlier ones (see server.api.collector).
+    gc_deep_every_s: float = 900.0
 
 
 @dataclass

@@ -90,7 +90,8 @@ class Gateway:
         srv = self.settings.server
         if srv.gc_idle_every_s > 0:
             self.collector = IdleCollector(lambda: self.pipeline.admission.in_flight == 0,
-                                           idle_every_s=srv.gc_idle_every_s, max_delay_s=srv.gc_max_delay_s)
+                                           idle_every_s=srv.gc_idle_every_s, max_delay_s=srv.gc_max_delay_s,
+                                           deep_every_s=srv.gc_deep_every_s)
             self.collector.install()
             self._gc_task = asyncio.create_task(self.collector.run())
         self._watch_task = asyncio.create_task(self._watch_models())
