@@ -150,8 +150,12 @@ class Pipeline:
                 scores[k] = float(s)
         watch.mark("infer")
 
-        scored_at = {idx: (item, scores[k]) for k, (idx, item) in enumerate(scoreable)}
-        rule_cands = [RuleCandidate.of(c, *scored_at.get(idx, (None, None))) for idx, c in enumerate(req.candidates)]
+        if len(scoreable) == len(req.candidates):  # the usual case: every candidate scored
+            rule_cands = [RuleCandidate.of(c, item, s) for c, (_, item), s in zip(req.candidates, scoreable, scores)]
+        else:
+            scored_at = {idx: (item, scores[k]) for k, (idx, item) in enumerate(scoreable)}
+            rule_cands = [RuleCandidate.of(c, *scored_at.get(idx, (None, None)))
+                          for idx, c in enumerate(req.candidates)]
         outcome = apply_rules(ruleset, rule_cands, history=events, now=time.time(), top_n=req.top_n)
         ranked = outcome.to_scored_items(explain=req.explain)
         watch.mark("rules")

@@ -25,7 +25,7 @@ from server.rules.config import (
     RuleSet,
     split_values,
 )
-from server.rules.model import RankedItem, RuleCandidate, RulesOutcome
+from server.rules.model import RuleCandidate, RulesOutcome
 from server.types import Event
 
 PIN_RULE = "pins"
@@ -338,36 +338,42 @@ def apply_rules(
     seen: set[str] = set()
 
     # 1. filters
-    for idx, c in enumerate(candidates):
-        iid = c.item_id
-        if iid in seen:
-            continue
-        seen.add(iid)
-        reason = None
-        if ei is not None and iid in interacted:
-            reason = ei.name
-        elif eu is not None:
-            v = c.attributes.get(eu.attribute)
-            if v is None:
-                if not eu.missing_is_available:
-                    reason = eu.name
-            elif v.strip().lower() in eu.values:
-                reason = eu.name
-        if reason is None and filters:
-            for f in filters:
-                if f.match(c.attributes):
-                    reason = f.name
-                    break
-        if reason is not None:
-            pin = pins.get(iid)
-            if pin is None or not pin.ignore_filters:
-                filtered.append((idx, iid, reason))
+    if ei is None and eu is None and not filters:  # nothing to filter on: only dedupe
+        for idx, c in enumerate(candidates):
+            if c.item_id not in seen:
+                seen.add(c.item_id)
+                survivors.append(_Entry(c, idx))
+    else:
+        for idx, c in enumerate(candidates):
+            iid = c.item_id
+            if iid in seen:
                 continue
-            e = _Entry(c, idx)
-            e.note(PIN_RULE, f"kept despite filter {reason!r}: the pin ignores filters")
-        else:
-            e = _Entry(c, idx)
-        survivors.append(e)
+            seen.add(iid)
+            reason = None
+            if ei is not None and iid in interacted:
+                reason = ei.name
+            elif eu is not None:
+                v = c.attributes.get(eu.attribute)
+                if v is None:
+                    if not eu.missing_is_available:
+                        reason = eu.name
+                elif v.strip().lower() in eu.values:
+                    reason = eu.name
+            if reason is None and filters:
+                for f in filters:
+                    if f.match(c.attributes):
+                        reason = f.name
+                        break
+            if reason is not None:
+                pin = pins.get(iid)
+                if pin is None or not pin.ignore_filters:
+                    filtered.append((idx, iid, reason))
+                    continue
+                e = _Entry(c, idx)
+                e.note(PIN_RULE, f"kept despite filter {reason!r}: the pin ignores filters")
+            else:
+                e = _Entry(c, idx)
+            survivors.append(e)
 
     # 2. scores
     _score(survivors, rs)
@@ -412,18 +418,5 @@ def apply_rules(
     if top_n > 0:
         del ordered[top_n:]
 
-    items = [
-        RankedItem(
-            item_id=e.c.item_id,
-            final_score=e.final,
-            model_score=e.c.model_score,
-            retrieval_score=e.c.retrieval_score,
-            adjustments=e.adj,
-            position=pos,
-            scored=e.c.scored,
-            notes=e.notes or [],
-        )
-        for pos, e in enumerate(ordered, 1)
-    ]
     filtered.sort()
-    return RulesOutcome(items=items, filtered=[(iid, rule) for _, iid, rule in filtered], rule_set=rs.name)
+    return RulesOutcome(ordered, [(iid, rule) for _, iid, rule in filtered], rule_set=rs.name)

@@ -69,26 +69,54 @@ class RankedItem:
         }
 
 
-@dataclass(slots=True)
 class RulesOutcome:
     """Returned items in order, and the items removed, each with the rule that removed it
-    (in candidate order). Items cut only by ``top_n`` are in neither list."""
+    (in candidate order). Items cut only by ``top_n`` are in neither list.
 
-    items: list[RankedItem]
-    filtered: list[tuple[str, str]]
-    rule_set: str = ""
+    Built by the engine from its ordered working entries (each with ``c``: the
+    ``RuleCandidate``, ``final``, ``adj`` and ``notes``); the ``RankedItem`` list is made on
+    first use, so the serving path, which needs only ``to_scored_items``, skips it.
+    """
+
+    __slots__ = ("_ordered", "_items", "filtered", "rule_set")
+
+    def __init__(self, ordered: list, filtered: list[tuple[str, str]], rule_set: str = ""):
+        self._ordered = ordered
+        self._items: list[RankedItem] | None = None
+        self.filtered = filtered
+        self.rule_set = rule_set
+
+    @property
+    def items(self) -> list[RankedItem]:
+        if self._items is None:
+            self._items = [
+                RankedItem(item_id=e.c.item_id, final_score=e.final, model_score=e.c.model_score,
+                           retrieval_score=e.c.retrieval_score, adjustments=e.adj, position=pos,
+                           scored=e.c.scored, notes=e.notes or [])
+                for pos, e in enumerate(self._ordered, 1)
+            ]
+        return self._items
+
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, RulesOutcome):
+            return NotImplemented
+        return (self.items, self.filtered, self.rule_set) == (other.items, other.filtered, other.rule_set)
+
+    __hash__ = None  # mutable, like the dataclass it replaces
+
+    def __repr__(self) -> str:
+        return f"RulesOutcome(items={self.items!r}, filtered={self.filtered!r}, rule_set={self.rule_set!r})"
 
     def to_scored_items(self, *, explain: bool = False) -> list[ScoredItem]:
         """The response items; with ``explain``, each carries its typed explanation."""
-        return [
-            ScoredItem(
-                item_id=it.item_id,
-                score=it.final_score,
-                rank=it.position,
-                model_score=it.model_score,
-                unscored=not it.scored,
-                explanation=Explanation(it.model_score, it.retrieval_score, tuple(it.adjustments),
-                                        it.final_score, tuple(it.notes)) if explain else None,
-            )
-            for it in self.items
-        ]
+        if explain:
+            return [
+                ScoredItem(item_id=it.item_id, score=it.final_score, rank=it.position,
+                           model_score=it.model_score, unscored=not it.scored,
+                           explanation=Explanation(it.model_score, it.retrieval_score, tuple(it.adjustments),
+                                                   it.final_score, tuple(it.notes)))
+                for it in self.items
+            ]
+        return [ScoredItem(item_id=e.c.item_id, score=e.final, rank=pos, model_score=e.c.model_score,
+                           unscored=not e.c.scored)
+                for pos, e in enumerate(self._ordered, 1)]

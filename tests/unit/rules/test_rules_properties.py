@@ -6,6 +6,7 @@ the order is deterministic (and independent of the input order), unscored items 
 and every explanation adds up exactly to the final score.
 """
 
+import dataclasses
 import math
 import os
 import random
@@ -274,6 +275,20 @@ def test_order_is_deterministic_and_independent_of_input_order(cands, rules, his
     assert a == b
     assert [(i.item_id, i.final_score) for i in a.items] == [(i.item_id, i.final_score) for i in c.items]
     assert sorted(a.filtered) == sorted(c.filtered)
+
+
+@PROFILE
+@given(cands=candidates(), rules=rule_sets(), history=histories(), top_n=st.integers(0, 15))
+def test_response_items_with_and_without_explanations_agree(cands, rules, history, top_n):
+    """The plain response items (built straight from the engine's entries) are the explained
+    ones minus the explanation, which itself matches the RankedItem."""
+    out = apply_rules(parse_rule_set("p", rules), cands, history=history, now=NOW, top_n=top_n)
+    plain, explained = out.to_scored_items(), out.to_scored_items(explain=True)
+    assert [dataclasses.replace(i, explanation=None) for i in explained] == plain
+    for item, ranked in zip(explained, out.items):
+        assert (item.item_id, item.score, item.rank, item.unscored) == (
+            ranked.item_id, ranked.final_score, ranked.position, not ranked.scored)
+        assert item.explanation.adjustments == tuple(ranked.adjustments)
 
 
 raw_values = st.lists(st.sampled_from(["A", " A", "B ", "", "1990", " 2001", "x|y", "nan", "inf", "1e3"]),
