@@ -89,7 +89,7 @@ async def bench(version_dir: Path, db_path: Path, candidates: int, n: int, profi
     res["all (in-process)"] = (float(np.percentile(wall, 50)), float(np.percentile(wall, 99)))
     if prof:
         s = io.StringIO()
-        pstats.Stats(prof, stream=s).sort_stats("cumulative").print_stats(25)
+        pstats.Stats(prof, stream=s).sort_stats(__import__("os").environ.get("SORT", "cumulative")).print_stats(int(__import__("os").environ.get("NPROF", "25")))
         res["_profile"] = s.getvalue()
     return res
 

@@ -211,6 +211,11 @@ def write_report(out: Path, res: dict) -> Path:
                   f"client, one call every {fl['gap_ms']:.0f} ms (the idle time a request spends waiting on "
                   f"Triton): p50 {fl['p50_ms']:.2f} ms, p99 {fl['p99_ms']:.2f} ms. A rerank request pays this "
                   "twice (caller -> gateway, gateway -> Triton).", ""]
+        cp = ov.get("cpu_pressure") or {}
+        if cp.get("before") and cp.get("after"):
+            L += [f"Other load on the machine while it ran (Linux PSI, share of time runnable tasks waited for "
+                  f"a CPU, 60 s average): {cp['before']['avg60']:.1f}% before, {cp['after']['avg60']:.1f}% after "
+                  f"(load average {cp.get('load_avg', '?')}). The p99 moves with it on a shared machine.", ""]
     s = res.get("side_by_side")
     if s:
         rows = [{"system": k, **v} for k, v in s.items() if isinstance(v, dict)]

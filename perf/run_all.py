@@ -36,7 +36,7 @@ BUDGETS = {
     "short": dict(engine_s=1.5, engine_rounds=3, engine_batches=3, quality_requests=6,
                   tune_s=9.0, tune_warm=2.5, tune_passes=2, pa_ms=2000, pa_conc=[1, 2, 4], gw_s=5.0, gw_conc=[1, 2, 4, 8],
                   open_s=8.0, open_rates=[0.5, 0.8, 1.0], cand_n=6, cands=[10, 50, 100, 200, 500],
-                  overhead_n=40, side_s=4.0, side_rounds=3, tune_grid="short"),
+                  overhead_n=300, side_s=4.0, side_rounds=3, tune_grid="short"),
     # a quick end-to-end check of the suite itself (numbers too short to quote)
     "smoke": dict(engine_s=0.3, engine_rounds=1, engine_batches=1, quality_requests=2,
                   tune_s=1.5, tune_warm=0.5, tune_passes=1, pa_ms=1000, pa_conc=[1], gw_s=1.5, gw_conc=[1, 2],
@@ -45,7 +45,7 @@ BUDGETS = {
     "full": dict(engine_s=3.0, engine_rounds=5, engine_batches=6, quality_requests=30,
                  tune_s=20.0, tune_warm=3.0, tune_passes=3, pa_ms=5000, pa_conc=[1, 2, 4, 8], gw_s=15.0, gw_conc=[1, 2, 4, 8, 16, 32],
                  open_s=30.0, open_rates=[0.25, 0.5, 0.75, 0.9, 1.0, 1.2], cand_n=20,
-                 cands=[10, 50, 100, 200, 500], overhead_n=200, side_s=10.0, side_rounds=5,
+                 cands=[10, 50, 100, 200, 500], overhead_n=1000, side_s=10.0, side_rounds=5,
                  tune_grid="full"),
 }
 THREADS = 2
@@ -73,6 +73,17 @@ def load_avg() -> str:
         return " ".join(Path("/proc/loadavg").read_text().split()[:3])
     except OSError:
         return "?"
+
+
+def cpu_pressure() -> dict[str, float] | None:
+    """Linux PSI ``some`` averages (% of time runnable tasks waited for a CPU) over the last
+    10 and 60 s: on a shared machine, how much other load there was (None where absent)."""
+    try:
+        line = Path("/proc/pressure/cpu").read_text().splitlines()[0]
+    except (OSError, IndexError):
+        return None
+    fields = dict(kv.split("=") for kv in line.split()[1:])
+    return {"avg10": float(fields["avg10"]), "avg60": float(fields["avg60"])}
 
 
 # -- sections --------------------------------------------------------------------------
@@ -289,16 +300,21 @@ def section_gateway(out: Path, stack, workload_msgs, cand_msgs: dict, b: dict, r
         log(f"    {n} candidates (sequential): e2e p50 {cands[-1]['e2e_p50_ms']:.0f} ms, "
             f"overhead p50 {cands[-1]['overhead_p50_ms']:.1f} p99 {cands[-1]['overhead_p99_ms']:.1f} ms")
     log(f"    overhead at 100 candidates, {b['overhead_n']} sequential requests ...")
+    pressure_before = cpu_pressure()
     # 48 distinct users and candidate lists, cycled: user texts repeat only every 48 requests.
     rows = sequential_overhead(stack.addr, workload_msgs_for_overhead(48), b["overhead_n"], stack.model_stats,
                                instances=instances, max_batch=max_batch)
     write_csv(out / "gateway_overhead_requests.csv", rows)
     ov = _overhead_summary(rows, 100)
+    ov["cpu_pressure"] = {"before": pressure_before, "after": cpu_pressure(), "load_avg": load_avg()}
     log(f"    overhead p50 {ov['overhead_p50_ms']:.1f} p95 {ov['overhead_p95_ms']:.1f} p99 {ov['overhead_p99_ms']:.1f} ms; "
         f"gateway only (e2e - its infer stage) p99 {ov.get('gateway_only_p99_ms', float('nan')):.1f} ms")
     ov["grpc_floor"] = grpc_floor(stack.addr, b["overhead_n"], ov["e2e_p50_ms"] / 1000.0)
     log(f"    gRPC floor (health check, same client, same idle gap): p50 {ov['grpc_floor']['p50_ms']:.2f} "
         f"p99 {ov['grpc_floor']['p99_ms']:.2f} ms")
+    if ov["cpu_pressure"]["after"] is not None:
+        log(f"    CPU pressure from all processes (PSI some avg60, % of time tasks waited for a CPU): "
+            f"{ov['cpu_pressure']['before']['avg60']:.1f} before, {ov['cpu_pressure']['after']['avg60']:.1f} after")
     if restore is not None:
         apply_config(stack, restore[0], restore[2], restore[1])
     write_csv(out / "gateway_closed.csv", closed)

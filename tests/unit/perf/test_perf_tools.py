@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 
@@ -70,7 +71,9 @@ def test_report_renders_markdown_and_plots(tmp_path):
         "gateway_candidates": [{"candidates": 10, "e2e_p50_ms": 10.0, "e2e_p99_ms": 12.0,
                                 "triton_compute_p50_ms": 8.0, "overhead_p50_ms": 2.0, "overhead_p99_ms": 3.0}],
         "gateway_overhead": {"requests": 5, "overhead_p50_ms": 2.0, "overhead_p95_ms": 2.5, "overhead_p99_ms": 3.0,
-                             "triton_compute_p50_ms": 8.0, "e2e_p50_ms": 10.0},
+                             "triton_compute_p50_ms": 8.0, "e2e_p50_ms": 10.0,
+                             "cpu_pressure": {"before": {"avg10": 1.0, "avg60": 2.5}, "after": {"avg10": 3.0, "avg60": 4.25},
+                                              "load_avg": "1.0 0.9 0.8"}},
         "side_by_side": {"threads": 2, "seconds": 1.0, "rounds": 1, "concurrency_c": 2,
                          "a_engine": {"median": 100.0, "min": 100.0, "max": 100.0, "values": [100.0]},
                          "c/a": {"median": 0.95, "min": 0.95, "max": 0.95, "values": [0.95]},
@@ -78,7 +81,18 @@ def test_report_renders_markdown_and_plots(tmp_path):
     }
     text = write_report(tmp_path, res).read_text()
     assert "c/a = 0.95" in text and "50% of the tokens" in text and "p99 3.0 ms" in text
+    assert "2.5% before, 4.2% after" in text
     assert (tmp_path / "gateway_closed.png").is_file() and (tmp_path / "engines.png").is_file()
+
+
+def test_cpu_pressure_reads_psi_where_the_kernel_has_it():
+    from perf.run_all import cpu_pressure
+
+    p = cpu_pressure()
+    if not Path("/proc/pressure/cpu").exists():
+        assert p is None
+    else:
+        assert set(p) == {"avg10", "avg60"} and all(0.0 <= v <= 100.0 for v in p.values())
 
 
 def _stats(per_size: dict[int, tuple[int, int]]) -> dict:
