@@ -213,8 +213,8 @@ def write_report(out: Path, res: dict) -> Path:
                   "twice (caller -> gateway, gateway -> Triton).", ""]
         cp = ov.get("cpu_pressure") or {}
         if cp.get("before") and cp.get("after"):
-            L += [f"Other load on the machine while it ran (Linux PSI, share of time runnable tasks waited for "
-                  f"a CPU, 60 s average): {cp['before']['avg60']:.1f}% before, {cp['after']['avg60']:.1f}% after "
+            L += [f"CPU pressure while it ran (Linux PSI: share of time runnable tasks waited for a CPU, all "
+                  f"processes including this suite's own, 60 s average): {cp['before']['avg60']:.1f}% before, {cp['after']['avg60']:.1f}% after "
                   f"(load average {cp.get('load_avg', '?')}). The p99 moves with it on a shared machine.", ""]
     s = res.get("side_by_side")
     if s:

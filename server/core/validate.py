@@ -13,11 +13,18 @@ MAX_CLOCK_SKEW_S = 300.0
 MAX_ID_LEN = 256
 
 
-def _check_id(value: str, field: str) -> None:
-    if not value or not value.strip():
-        raise InvalidArgument("must not be empty", field=field)
+def _id_error(value: str) -> str | None:
+    if not value or value.isspace():
+        return "must not be empty"
     if len(value) > MAX_ID_LEN:
-        raise InvalidArgument(f"longer than {MAX_ID_LEN} characters", field=field)
+        return f"longer than {MAX_ID_LEN} characters"
+    return None
+
+
+def _check_id(value: str, field: str) -> None:
+    error = _id_error(value)
+    if error is not None:
+        raise InvalidArgument(error, field=field)
 
 
 def validate_rerank(req: RerankRequest, *, max_candidates: int) -> None:
@@ -31,7 +38,10 @@ def validate_rerank(req: RerankRequest, *, max_candidates: int) -> None:
         raise InvalidArgument("must be >= 0 (0 returns all candidates)", field="top_n")
     seen: dict[str, int] = {}
     for i, c in enumerate(req.candidates):
-        _check_id(c.item_id, f"candidates[{i}].item_id")
+        # The field name is formatted only on error: this loop runs for every candidate.
+        error = _id_error(c.item_id)
+        if error is not None:
+            raise InvalidArgument(error, field=f"candidates[{i}].item_id")
         if c.item_id in seen:
             raise InvalidArgument(
                 f"duplicate item id {c.item_id!r} (also candidates[{seen[c.item_id]}])",
