@@ -27,13 +27,12 @@ class RuleCandidate:
     @classmethod
     def of(cls, candidate: Candidate, item: Item | None, model_score: float | None) -> RuleCandidate:
         """From the pipeline's pieces: ``model_score`` None means the model did not score it."""
-        return cls(
-            item_id=candidate.item_id,
-            model_score=0.0 if model_score is None else float(model_score),
-            retrieval_score=candidate.retrieval_score,
-            attributes=item.attributes if item is not None else {},
-            scored=model_score is not None,
-        )
+        # Positional: keyword arguments cost 2x here, and the gateway builds one per candidate.
+        if model_score is None:
+            return cls(candidate.item_id, 0.0, candidate.retrieval_score,
+                       item.attributes if item is not None else {}, False)
+        return cls(candidate.item_id, float(model_score), candidate.retrieval_score,
+                   item.attributes if item is not None else {}, True)
 
 
 @dataclass(slots=True)
@@ -117,6 +116,6 @@ class RulesOutcome:
                                                    it.final_score, tuple(it.notes)))
                 for it in self.items
             ]
-        return [ScoredItem(item_id=e.c.item_id, score=e.final, rank=pos, model_score=e.c.model_score,
-                           unscored=not e.c.scored)
+        # Positional (item_id, score, rank, model_score, unscored): keywords cost 2x.
+        return [ScoredItem(e.c.item_id, e.final, pos, e.c.model_score, not e.c.scored)
                 for pos, e in enumerate(self._ordered, 1)]
