@@ -136,7 +136,9 @@ class Pipeline:
         item_texts = renderer.items([it for _, it in scoreable])
         scores = self.score_cache.lookup(model.version, user_text, item_texts)
         todo = [k for k, s in enumerate(scores) if s is None]
-        batch = model.tokenizer.encode(user_text, [item_texts[k] for k in todo]) if todo else None
+        every = len(todo) == len(scores)  # no cache hit: skip the per-item index juggling
+        todo_texts = item_texts if every else [item_texts[k] for k in todo]
+        batch = model.tokenizer.encode(user_text, todo_texts) if todo else None
         watch.mark("tokenize")
 
         if batch is not None:
@@ -145,9 +147,12 @@ class Pipeline:
                 raise DeadlineExceeded("deadline passed before inference")
             fresh = await self.scorer.score(batch, model.spec, model.version, timeout_s=remaining,
                                             headers=self.telemetry.headers())
-            self.score_cache.store(model.version, user_text, [item_texts[k] for k in todo], fresh)
-            for k, s in zip(todo, fresh):
-                scores[k] = float(s)
+            self.score_cache.store(model.version, user_text, todo_texts, fresh)
+            if every:
+                scores = fresh.tolist()
+            else:
+                for k, s in zip(todo, fresh.tolist()):
+                    scores[k] = s
         watch.mark("infer")
 
         if len(scoreable) == len(req.candidates):  # the usual case: every candidate scored

@@ -126,12 +126,13 @@ class PairTokenizer:
         """Ids without special tokens, through the bounded cache."""
         out: list[tuple[int, ...] | None] = []
         missing: dict[str, None] = {}
+        get, touch = self._cache.get, self._cache.move_to_end  # bound once: runs per candidate
         for t in texts:
-            ids = self._cache.get(t)
+            ids = get(t)
             if ids is None:
                 missing[t] = None
             else:
-                self._cache.move_to_end(t)
+                touch(t)
             out.append(ids)
         if missing:
             self.misses += len(missing)

@@ -62,15 +62,17 @@ class ItemCache:
         """Like ``store.get_items``; the misses of one call go to the store in one call."""
         found: dict[str, Item] = {}
         missing: list[str] = []
-        now = self._clock()
+        now, ttl = self._clock(), self.ttl_s
+        entries = self._entries
+        get, touch = entries.get, entries.move_to_end  # bound once: this loop runs per candidate
         for item_id in dict.fromkeys(item_ids):
-            entry = self._entries.get(item_id)
-            if entry is not None and (self.ttl_s is None or now - entry[1] < self.ttl_s):
-                self._entries.move_to_end(item_id)
+            entry = get(item_id)
+            if entry is not None and (ttl is None or now - entry[1] < ttl):
+                touch(item_id)
                 found[item_id] = entry[0]
             else:
                 if entry is not None:
-                    del self._entries[item_id]  # expired
+                    del entries[item_id]  # expired
                 missing.append(item_id)
         self.hits += len(found)
         self.misses += len(missing)
