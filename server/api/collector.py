@@ -14,6 +14,11 @@ was built since the previous one (0.02 ms after 900 requests, against 7-10 ms fo
 A frozen object that later becomes part of a garbage cycle is found only by a deep
 collection, which unfreezes everything first: those run every ``deep_every_s``, when idle
 (or once overdue by ``max_delay_s``). Reference counting frees everything else as usual.
+
+The young generation is collected every ``young_threshold`` net allocations instead of
+Python's 700: a 100-candidate request allocates a few thousand objects (nearly all freed by
+reference counting), so the default ran two or three young collections inside every request
+(in-process, 100 candidates, cold caches: p50 1.63-1.69 ms -> 1.56-1.59 ms).
 """
 
 from __future__ import annotations
@@ -31,12 +36,13 @@ class IdleCollector:
     """Full collections when idle (or when overdue), survivors frozen in between."""
 
     def __init__(self, is_idle: Callable[[], bool], *, idle_every_s: float = 30.0,
-                 max_delay_s: float = 120.0, deep_every_s: float = 900.0,
+                 max_delay_s: float = 120.0, deep_every_s: float = 900.0, young_threshold: int = 20_000,
                  clock: Callable[[], float] = time.monotonic):
         self.is_idle = is_idle
         self.idle_every_s = idle_every_s
         self.max_delay_s = max_delay_s
         self.deep_every_s = deep_every_s
+        self.young_threshold = young_threshold
         self._clock = clock
         self._saved_threshold: tuple[int, int, int] | None = None
         self.last = self.last_deep = clock()
@@ -44,10 +50,11 @@ class IdleCollector:
         self.deep_collections = 0
 
     def install(self) -> None:
-        """Collect and freeze what start-up built; stop automatic full collections."""
+        """Collect and freeze what start-up built; stop automatic full collections; make the
+        young ones rarer."""
         self._saved_threshold = gc.get_threshold()
         t0, t1, _ = self._saved_threshold
-        gc.set_threshold(t0, t1, _NO_AUTOMATIC_FULL)
+        gc.set_threshold(max(t0, self.young_threshold), t1, _NO_AUTOMATIC_FULL)
         self._collect(deep=True)
 
     def uninstall(self) -> None:
