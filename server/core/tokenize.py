@@ -178,19 +178,20 @@ class PairTokenizer:
         user = self._ids([user_text])[0]
         items = self._ids(item_texts)
         n = len(items)
-        n2 = np.fromiter((len(x) for x in items), dtype=np.int64, count=n)
+        n2 = np.fromiter(map(len, items), dtype=np.int64, count=n)
         budget = self.spec.max_seq_len - tpl.n_special
         if n and len(user) + int(n2.max()) <= budget:  # the usual case: every pair fits whole
             a, b = np.full(n, len(user), dtype=np.int64), n2
+            user_lengths = (len(user),)
         else:
             a, b = truncate_pairs(len(user), n2, budget)
+            user_lengths = np.unique(a)  # almost always one: the user side fits whole
         lens = p + a + m + b + s
         seq_len = self.spec.bucket_for(int(lens.max()) if n else 1)
         ids = np.full((n, seq_len), self._pad_id, dtype=np.int64)
         types = np.zeros((n, seq_len), dtype=np.int64)
         mask = (np.arange(seq_len)[None, :] < lens[:, None]).astype(np.int64)
         ids[:, :p], types[:, :p] = tpl.prefix, tpl.prefix_types
-        user_lengths = np.unique(a)  # almost always one: the user side fits whole
         for av in user_lengths:
             rows = slice(None) if len(user_lengths) == 1 else np.nonzero(a == av)[0]
             ids[rows, p:p + av], types[rows, p:p + av] = user[:av], tpl.type_a

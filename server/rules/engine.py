@@ -73,8 +73,9 @@ def _blended(entries: list[_Entry], blend: Blend) -> list[float]:
     cs = [e.c for e in entries]
     model = np.array([c.model_score for c in cs], dtype=np.float64)
     scored = np.array([c.scored for c in cs], dtype=bool)
-    has_r = np.array([c.retrieval_score is not None for c in cs], dtype=bool)
-    retr = np.array([math.nan if c.retrieval_score is None else c.retrieval_score for c in cs], dtype=np.float64)
+    # None -> NaN in a float array; retrieval scores themselves are finite (validated).
+    retr = np.array([c.retrieval_score for c in cs], dtype=np.float64)
+    has_r = ~np.isnan(retr)
     with np.errstate(all="ignore"):
         m = np.where(scored, _normalize(blend.model_normalize, model, scored), 0.0)
         r = np.where(has_r, _normalize(blend.retrieval_normalize, retr, has_r), blend.missing_retrieval)
