@@ -76,7 +76,9 @@ class Item:
 EVENT_TYPES = ("view", "click", "add_to_cart", "purchase", "rating")
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen either (read-only by convention): a request reads up to history_len of these
+# from the store, and frozen ones cost 5x as much to build.
+@dataclass(slots=True)
 class Event:
     user_id: str
     item_id: str
