@@ -46,16 +46,17 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> No
 
 @contextlib.contextmanager
 def gateway_process(triton_url: str, repo: Path, log_path: Path, *, serving: bool = True,
-                    **env: str) -> Iterator[tuple[subprocess.Popen, str]]:
+                    cwd: Path = PROJECT_ROOT, **env: str) -> Iterator[tuple[subprocess.Popen, str]]:
     """``rerankd serve`` on a free port (settings through ``RERANKD_*`` variables in ``env``);
-    yields (process, address). With ``serving`` it waits until the model is ready."""
+    yields (process, address). With ``serving`` it waits until the model is ready. ``cwd``:
+    the source tree the gateway runs from (another checkout, for before/after comparisons)."""
     port = free_port()
     full_env = dict(os.environ, RERANKD_SERVER_PORT=str(port), RERANKD_TRITON_URL=triton_url,
                     RERANKD_TRITON_MODEL_REPOSITORY=str(repo), RERANKD_TRITON_POLL_INTERVAL_S="0.2")
     full_env.update(env)
     log = open(log_path, "ab")
     proc = subprocess.Popen([sys.executable, "-m", "server", "serve"], env=full_env, stdout=log,
-                            stderr=subprocess.STDOUT, cwd=PROJECT_ROOT)
+                            stderr=subprocess.STDOUT, cwd=cwd)
     addr = f"127.0.0.1:{port}"
 
     def state(wanted: Sequence[str]) -> bool:

@@ -1,11 +1,13 @@
-"""perf_analyzer input data, FLOP / peak arithmetic, and the report writer."""
+"""perf_analyzer input data, FLOP / peak arithmetic, the report writer, the A/B helpers."""
 
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from perf.engines_bench import fixed_length_batches, flops_per_pair, machine_peak
 from perf.perf_analyzer import _step, rows_at_bucket, write_input_data
@@ -109,3 +111,31 @@ def test_compute_wall_from_statistics_deltas():
     assert compute_wall_ms(before, after, instances=1) == (500.0, 500.0, 2)  # one instance: in sequence
     assert compute_wall_ms(before, after, instances=2) == (300.0, 500.0, 2)  # two: side by side
     assert _executions(after) - _executions(before) == 2
+
+
+def test_ab_summary_reports_each_gateway_and_the_difference():
+    from perf.ab_gateway import summarize
+
+    def rows(overheads):
+        return [{"code": "OK", "e2e_ms": 30.0 + o, "triton_compute_ms": 30.0, "triton_queue_ms": 0.1,
+                 "overhead_ms": o, "gateway_only_ms": o - 1.0, "transport_ms": 1.0} for o in overheads]
+
+    s = summarize({"base": rows([4.0] * 99 + [9.0]), "this tree": rows([3.5] * 100)}, 100)
+    assert s["base"]["overhead_p50_ms"] == 4.0 and s["this tree"]["overhead_p50_ms"] == 3.5
+    assert s["difference"]["overhead_p50_ms"] == -0.5 and s["difference"]["overhead_p99_ms"] < -0.5
+    assert s["base"]["requests"] == 100
+
+
+def test_ab_worktree_is_a_checkout_of_the_ref_and_is_removed():
+    from perf.ab_gateway import worktree
+    from server.settings import PROJECT_ROOT
+
+    if not (PROJECT_ROOT / ".git").exists():
+        pytest.skip("not a git checkout: no git worktree to make")
+    head = subprocess.run(["git", "-C", str(PROJECT_ROOT), "rev-parse", "HEAD"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    with worktree("HEAD") as tree:
+        got = subprocess.run(["git", "-C", str(tree), "rev-parse", "HEAD"], capture_output=True,
+                             text=True, check=True).stdout.strip()
+        assert got == head and (tree / "server" / "devstack.py").is_file()
+    assert not tree.exists()
