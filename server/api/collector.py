@@ -33,7 +33,8 @@ _NO_AUTOMATIC_FULL = 1_000_000_000
 
 
 class IdleCollector:
-    """Full collections when idle (or when overdue), survivors frozen in between."""
+    """Collections when idle (or when overdue) that scan only what is new, survivors frozen;
+    now and then a deep one that rescans the frozen objects too."""
 
     def __init__(self, is_idle: Callable[[], bool], *, idle_every_s: float = 30.0,
                  max_delay_s: float = 120.0, deep_every_s: float = 900.0, young_threshold: int = 20_000,
