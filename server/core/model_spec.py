@@ -27,6 +27,11 @@ class ModelSpec:
     # throughput at 8 concurrent callers (perf/, measured side by side).
     max_queue_delay_us: int = 0
     preferred_batch_sizes: tuple[int, ...] = (32, 64, 128)
+    # Longest a request may wait in Triton's queue. Each request may ask for less (its
+    # ``timeout`` parameter, which the gateway sets to the caller's remaining deadline), and
+    # Triton rejects it once that passes: the replacement for cancelling calls, which crashes
+    # Triton 2.51 (see server/triton/client.py). Override needs a non-zero default to shorten.
+    queue_timeout_us: int = 60_000_000
 
     @property
     def max_seq_len(self) -> int:
@@ -65,7 +70,10 @@ class ModelSpec:
         lines.append(
             "dynamic_batching {\n"
             + (f"  preferred_batch_size: [ {preferred} ]\n" if preferred else "")
-            + f"  max_queue_delay_microseconds: {self.max_queue_delay_us}\n}}"
+            + f"  max_queue_delay_microseconds: {self.max_queue_delay_us}\n"
+            + "  default_queue_policy {\n    timeout_action: REJECT\n"
+            + f"    default_timeout_microseconds: {self.queue_timeout_us}\n"
+            + "    allow_timeout_override: true\n  }\n}"
         )
         kind = "KIND_GPU" if backend == "tensorrt_plan" else "KIND_CPU"
         lines.append(f"instance_group {{\n  count: {instance_count}\n  kind: {kind}\n}}")

@@ -1,4 +1,13 @@
-"""The gateway's one long-lived gRPC channel to Triton, and the scoring call over it."""
+"""The gateway's one long-lived gRPC channel to Triton, and the scoring call over it.
+
+Inference calls are never cancelled. Triton 2.51's gRPC front end can crash (SIGSEGV) when a
+client cancels an inference call that is in flight, whether by a gRPC deadline or by dropping the
+call (triton-inference-server/server#7368 and #8034; fixed only in later releases). So a call
+carries no gRPC deadline. The caller's deadline goes to Triton as the request's queue
+``timeout``, so Triton drops a request that waits past it. The gateway stops waiting at the
+deadline, and the abandoned call runs to its end in the background. ``close`` lets those calls
+finish before it closes the channel.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +24,8 @@ from server.errors import DeadlineExceeded, RerankdError, Unavailable
 
 def _translate(exc: InferenceServerException) -> RerankdError:
     status = str(exc.status() or "")
-    if "DEADLINE_EXCEEDED" in status:
+    # The second: Triton dropped the request from its queue at the deadline we gave it.
+    if "DEADLINE_EXCEEDED" in status or "Request timeout expired" in (exc.message() or ""):
         return DeadlineExceeded("Triton did not answer before the deadline")
     return Unavailable(f"inference failed: {status.removeprefix('StatusCode.')}: {exc.message()}")
 
@@ -26,6 +36,7 @@ class TritonScorer:
     def __init__(self, url: str):
         self.url = url
         self._client = grpcclient.InferenceServerClient(url=url)
+        self._inflight: set[asyncio.Future] = set()
 
     async def ready_versions(self, model_name: str) -> list[str]:
         """Versions of ``model_name`` that Triton reports READY (empty if none or unreachable)."""
@@ -67,13 +78,32 @@ class TritonScorer:
             t.set_data_from_numpy(arr)
             inputs.append(t)
         outputs = [grpcclient.InferRequestedOutput(spec.output_name)]
+        # Triton's queue timeout, in whole microseconds (0 would mean "none").
+        queue_timeout_us = max(1, int(timeout_s * 1e6)) if timeout_s is not None else None
+        call = asyncio.ensure_future(self._client.infer(
+            spec.name, inputs, model_version=version, outputs=outputs,
+            timeout=queue_timeout_us, headers=headers or None))
+        self._inflight.add(call)
+        call.add_done_callback(self._settled)
         try:
-            result = await self._client.infer(
-                spec.name, inputs, model_version=version, outputs=outputs,
-                client_timeout=timeout_s, headers=headers or None)
+            # shield: neither our deadline nor a cancelled caller may cancel the call itself.
+            async with asyncio.timeout(timeout_s):
+                result = await asyncio.shield(call)
+        except TimeoutError:
+            raise DeadlineExceeded("Triton did not answer before the deadline") from None
         except InferenceServerException as exc:
             raise _translate(exc) from None
         return result.as_numpy(spec.output_name).reshape(-1).astype(np.float32)
+
+    def _settled(self, call: asyncio.Future) -> None:
+        self._inflight.discard(call)
+        if not call.cancelled():
+            call.exception()  # an abandoned call's error is expected: mark it retrieved
+
+    @property
+    def open_calls(self) -> int:
+        """Inference calls still open on the channel (including those nobody waits for)."""
+        return len(self._inflight)
 
     async def inference_statistics(self, model_name: str) -> dict:
         return await self._client.get_inference_statistics(model_name, as_json=True)
@@ -81,5 +111,9 @@ class TritonScorer:
     async def load_model(self, model_name: str) -> None:
         await self._client.load_model(model_name)
 
-    async def close(self) -> None:
+    async def close(self, drain_s: float = 10.0) -> None:
+        """Close the channel once open inference calls end (up to ``drain_s``): closing it
+        with calls in flight would cancel them (see the module docstring)."""
+        if self._inflight:
+            await asyncio.wait(set(self._inflight), timeout=drain_s)
         await self._client.close()

@@ -71,6 +71,31 @@ def stack(tmp_path_factory, model_repo):
         yield s
 
 
+@contextlib.contextmanager
+def queue_delay(triton: TritonServer, microseconds: int, model: str = "reranker"):
+    """Reload ``model`` with a dynamic-batching window of ``microseconds``, then restore it from
+    its file. The reload replaces the instance, so its statistics start again from zero."""
+    import json
+
+    import tritonclient.grpc as tc
+
+    client = tc.InferenceServerClient(triton.grpc_url)
+    cfg = client.get_model_config(model, as_json=True)["config"]
+    cfg["dynamic_batching"]["max_queue_delay_microseconds"] = str(microseconds)
+    client.load_model(model, config=json.dumps(cfg))
+    try:
+        yield client
+    finally:
+        client.load_model(model)
+        client.close()
+
+
+def inference_counts(client, model: str = "reranker") -> tuple[int, int]:
+    """(rows inferred, engine executions) so far, from Triton's statistics."""
+    stats = client.get_inference_statistics(model, as_json=True)["model_stats"][0]
+    return int(stats.get("inference_count", 0)), int(stats.get("execution_count", 0))
+
+
 @pytest.fixture(scope="session")
 def stub(stack):
     from server.api.pb import reranker_pb2_grpc

@@ -16,6 +16,7 @@ from server.core.render import render_item, render_user
 from server.core.tokenize import PairTokenizer
 from server.devstack import grpc_health
 from server.types import Item
+from tests.integration.conftest import inference_counts, queue_delay
 
 pytestmark = pytest.mark.integration
 
@@ -81,38 +82,39 @@ def test_ranking_equals_sorting_direct_onnxruntime_scores(stack, stub):
 
 
 def test_dynamic_batching_merges_concurrent_requests(stack, stub):
-    import tritonclient.grpc as tc
-
-    client = tc.InferenceServerClient(stack.triton.grpc_url)
-
-    def counts():
-        stats = client.get_inference_statistics("reranker", as_json=True)["model_stats"][0]
-        return int(stats.get("inference_count", 0)), int(stats.get("execution_count", 0))
-
     def one(k):  # distinct texts per request, so the gateway's score cache cannot answer
         cands = [pb.Candidate(item_id=f"b{k}-{j}", text=f"film {k} part {j}") for j in range(3)]
         return stub.Rerank(pb.RerankRequest(user_id=f"u-batch-{k % 4}", candidates=cands), timeout=30)
 
     # The served default has no queue delay (an idle instance starts at once), so how much
     # gets merged depends on timing; a 20 ms window makes the merging itself deterministic.
-    # Loaded as a config override of the same version, then restored from the file.
-    import json
-
-    cfg = client.get_model_config("reranker", as_json=True)["config"]
-    cfg["dynamic_batching"]["max_queue_delay_microseconds"] = "20000"
-    client.load_model("reranker", config=json.dumps(cfg))
-    try:
+    with queue_delay(stack.triton, 20_000) as client:
         one(-1)  # served by the reloaded instance: the old one (and its statistics) is gone
-        inf0, exe0 = counts()
+        inf0, exe0 = inference_counts(client)
         with cf.ThreadPoolExecutor(32) as pool:
             list(pool.map(one, range(96)))
-        inf1, exe1 = counts()
-    finally:
-        client.load_model("reranker")
+        inf1, exe1 = inference_counts(client)
     inferences, executions = inf1 - inf0, exe1 - exe0
     print(f"dynamic batching: {inferences} inferences in {executions} executions")
     assert inferences == 96 * 3  # Triton counts rows
     assert executions < 96 / 2  # far fewer engine calls than requests: callers were batched together
+
+
+def test_callers_short_deadlines_are_deadline_exceeded_and_triton_keeps_serving(stack, stub):
+    codes = []
+    for k in range(160):  # distinct texts: every request reaches Triton (no score cache hit)
+        cands = [pb.Candidate(item_id=f"d{k}-{j}", text=f"late film {k} part {j}") for j in range(40)]
+        try:
+            stub.Rerank(pb.RerankRequest(user_id="u-deadline", candidates=cands),
+                        timeout=(0.001, 0.003, 0.006, 0.012)[k % 4])
+            codes.append(grpc.StatusCode.OK)
+        except grpc.RpcError as e:
+            codes.append(e.code())
+    assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.DEADLINE_EXCEEDED}, set(codes)
+    print("deadline exceeded:", codes.count(grpc.StatusCode.DEADLINE_EXCEEDED), "of", len(codes))
+    assert codes.count(grpc.StatusCode.DEADLINE_EXCEEDED) >= 10  # the calls did run out of time
+    assert stack.triton.proc.poll() is None, f"Triton exited: see {stack.triton.log_path}"
+    assert len(_rerank(stub, "u-deadline", ["m1", "m2"]).items) == 2
 
 
 def test_events_change_the_very_next_ranking(stub):

@@ -14,6 +14,7 @@ from server.core.tokenize import PairTokenizer
 from server.errors import DeadlineExceeded, Unavailable
 from server.triton.client import TritonScorer
 from server.triton.launcher import free_port
+from tests.integration.conftest import inference_counts, queue_delay
 
 pytestmark = pytest.mark.integration
 
@@ -50,6 +51,63 @@ def test_a_deadline_too_short_is_deadline_exceeded(stack):
     batch = tok.encode("u", ["x"] * 64)
     with pytest.raises(DeadlineExceeded):
         asyncio.run(_score(stack.triton.grpc_url, batch, spec, timeout_s=1e-6))
+
+
+def test_deadlines_that_expire_mid_call_leave_triton_running(stack):
+    """Triton 2.51 crashed (SIGSEGV) on gRPC calls cancelled in flight: about one in 150 of
+    these calls did it before the scorer stopped cancelling them. Now none is cancelled."""
+    _, spec, tok = _model(stack)
+    batch = tok.encode("u", ["x"] * 64)
+
+    async def many():
+        scorer = TritonScorer(stack.triton.grpc_url)
+        outcomes = []
+        try:
+            for _ in range(100):
+                for timeout_s in (1e-6, 1e-4, 3e-4, 1e-3, 3e-3):
+                    try:
+                        await scorer.score(batch, spec, "1", timeout_s=timeout_s)
+                        outcomes.append("ok")
+                    except DeadlineExceeded:
+                        outcomes.append("late")
+            return outcomes, await scorer.score(batch, spec, "1", timeout_s=30)
+        finally:
+            await scorer.close()
+            assert scorer.open_calls == 0  # close waited for the abandoned calls
+
+    outcomes, scores = asyncio.run(many())
+    assert outcomes.count("late") >= 100, outcomes.count("late")
+    assert stack.triton.proc.poll() is None, f"Triton exited: see {stack.triton.log_path}"
+    assert scores.shape == (64,) and np.isfinite(scores).all()
+
+
+def test_a_caller_past_its_deadline_is_dropped_from_tritons_queue(stack):
+    _, spec, tok = _model(stack)
+    batch = tok.encode("u", ["x"] * 4)
+
+    async def late_then_on_time():
+        scorer = TritonScorer(stack.triton.grpc_url)
+        try:
+            # A 200 ms batching window holds the request in the queue past its 20 ms deadline.
+            with pytest.raises(DeadlineExceeded):
+                await scorer.score(batch, spec, "1", timeout_s=0.02)
+            assert scorer.open_calls == 1  # abandoned, not cancelled
+            for _ in range(100):  # Triton answers it (rejected) when the window closes
+                if scorer.open_calls == 0:
+                    break
+                await asyncio.sleep(0.02)
+            assert scorer.open_calls == 0
+            return await scorer.score(batch, spec, "1", timeout_s=30)
+        finally:
+            await scorer.close()
+
+    with queue_delay(stack.triton, 200_000) as client:
+        before = inference_counts(client)
+        scores = asyncio.run(late_then_on_time())
+        after = inference_counts(client)
+    assert scores.shape == (4,)
+    # Only the on-time request ran: the late one never reached the model.
+    assert (after[0] - before[0], after[1] - before[1]) == (4, 1)
 
 
 def test_no_triton_listening_is_unavailable(stack):

@@ -13,6 +13,8 @@ def test_config_pbtxt_declares_dynamic_batching_and_signature():
     assert text.count("data_type: TYPE_INT64") == 3 and "dims: [ -1 ]" in text
     assert 'name: "score"' in text and "TYPE_FP32" in text and "dims: [ 1 ]" in text
     assert "dynamic_batching" in text and "max_queue_delay_microseconds" in text
+    # Requests may shorten the queue timeout (the gateway sends its deadline), so the default is set.
+    assert "allow_timeout_override: true" in text and "default_timeout_microseconds: 60000000" in text
     trt = ModelSpec().config_pbtxt(backend="tensorrt_plan")
     assert 'platform: "tensorrt_plan"' in trt and "KIND_GPU" in trt
 
