@@ -60,7 +60,11 @@ def start_triton(settings: Settings, *, free_ports: bool, load: bool):
     log_path = t.log_dir / f"triton-{ports.grpc}.log"
     server = TritonServer(install, t.model_repository, ports=ports, log_path=log_path,
                           load_models=[t.model_name] if load else [])
-    server.start()
+    try:
+        server.start()
+    except RuntimeError as exc:  # a port in use: say so, no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     print(f"==> Triton starting (gRPC {server.grpc_url}, HTTP {server.http_url}); log: {log_path}")
 
     def failed():

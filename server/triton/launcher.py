@@ -24,6 +24,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def port_is_free(port: int) -> bool:
+    """Whether ``port`` on 127.0.0.1 can be bound now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers bind: TIME_WAIT is fine
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
 @dataclass(frozen=True)
 class TritonPorts:
     http: int
@@ -83,6 +94,12 @@ class TritonServer:
         return env
 
     def start(self) -> None:
+        """Start the process. A port already in use is an error here: otherwise the readiness
+        checks would be answered by whatever holds the port (e.g. a Triton still stopping)."""
+        taken = [p for p in (self.ports.http, self.ports.grpc, self.ports.metrics) if not port_is_free(p)]
+        if taken:
+            raise RuntimeError(f"cannot start Triton: port(s) {', '.join(map(str, taken))} on 127.0.0.1 "
+                               "already in use (another Triton still running?)")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
         # Own process group: Ctrl-C in the terminal reaches us, and we stop Triton in order.
