@@ -37,11 +37,10 @@ class ModelSpec:
     # throughput at 8 concurrent callers (perf/, measured side by side).
     max_queue_delay_us: int = 0
     preferred_batch_sizes: tuple[int, ...] = (32, 64, 128)
-    # Longest a request may wait in Triton's queue. Each request may ask for less (its
-    # ``timeout`` parameter, which the gateway sets to the caller's remaining deadline), and
-    # Triton rejects it once that passes: the replacement for cancelling calls, which crashes
-    # Triton 2.51 (see server/triton/client.py). Override needs a non-zero default to shorten.
-    queue_timeout_us: int = 60_000_000
+    # No queue policy (request timeouts): with one, Triton 2.51's batcher sometimes left a
+    # queued request waiting ~500 ms after the instance freed up (a 2-chunk request: 3 of 8
+    # took 520 ms instead of 47; none without the policy). So late calls are not dropped
+    # from the queue: they run, and the gateway discards their answers.
     # How the gateway sends a batch: "packed" (one INT32 tensor, PACKED_INPUT; the Python
     # backend's) or "tensors" (the model's own INT64 inputs; TensorRT and older exports).
     wire: str = "packed"
@@ -93,10 +92,7 @@ class ModelSpec:
         lines.append(
             "dynamic_batching {\n"
             + (f"  preferred_batch_size: [ {preferred} ]\n" if preferred else "")
-            + f"  max_queue_delay_microseconds: {self.max_queue_delay_us}\n"
-            + "  default_queue_policy {\n    timeout_action: REJECT\n"
-            + f"    default_timeout_microseconds: {self.queue_timeout_us}\n"
-            + "    allow_timeout_override: true\n  }\n}"
+            + f"  max_queue_delay_microseconds: {self.max_queue_delay_us}\n}}"
         )
         kind = "KIND_CPU" if python else "KIND_GPU"
         lines.append(f"instance_group {{\n  count: {instance_count}\n  kind: {kind}\n}}")

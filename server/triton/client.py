@@ -3,10 +3,10 @@
 Inference calls are never cancelled. Triton 2.51's gRPC front end can crash (SIGSEGV) when a
 client cancels an inference call that is in flight, whether by a gRPC deadline or by dropping the
 call (triton-inference-server/server#7368 and #8034; fixed only in later releases). So a call
-carries no gRPC deadline. The caller's deadline goes to Triton as the request's queue
-``timeout``, so Triton drops a request that waits past it. The gateway stops waiting at the
-deadline, and the abandoned call runs to its end in the background. ``close`` lets those calls
-finish before it closes the channel.
+carries no gRPC deadline: the gateway stops waiting at the caller's deadline, and the abandoned
+call runs to its end in the background, its answer discarded. (Triton's own queue timeouts would
+drop late calls earlier, but they stall its batcher: see ``ModelSpec``.) ``close`` lets open
+calls finish before it closes the channel.
 """
 
 from __future__ import annotations
@@ -27,8 +27,7 @@ _TRITON_DTYPE = {np.dtype(np.int64).str: "INT64", np.dtype(np.int32).str: "INT32
 
 def _translate(exc: InferenceServerException) -> RerankdError:
     status = str(exc.status() or "")
-    # The second: Triton dropped the request from its queue at the deadline we gave it.
-    if "DEADLINE_EXCEEDED" in status or "Request timeout expired" in (exc.message() or ""):
+    if "DEADLINE_EXCEEDED" in status:
         return DeadlineExceeded("Triton did not answer before the deadline")
     return Unavailable(f"inference failed: {status.removeprefix('StatusCode.')}: {exc.message()}")
 
@@ -90,11 +89,8 @@ class TritonScorer:
             t.set_data_from_numpy(arr)
             inputs.append(t)
         outputs = [grpcclient.InferRequestedOutput(spec.output_name)]
-        # Triton's queue timeout, in whole microseconds (0 would mean "none").
-        queue_timeout_us = max(1, int(timeout_s * 1e6)) if timeout_s is not None else None
         call = asyncio.ensure_future(self._client.infer(
-            spec.name, inputs, model_version=version, outputs=outputs,
-            timeout=queue_timeout_us, headers=headers or None))
+            spec.name, inputs, model_version=version, outputs=outputs, headers=headers or None))
         self._inflight.add(call)
         call.add_done_callback(self._settled)
         try:
