@@ -33,14 +33,10 @@ def next_version(repo: Path, name: str) -> int:
     return max(taken, default=0) + 1
 
 
-def _write_bytes_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def _write_text_atomic(path: Path, text: str) -> None:
-    _write_bytes_atomic(path, text.encode())
+    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def write_config(repo: Path, spec: ModelSpec, *, backend: str = "python",
@@ -51,21 +47,6 @@ def write_config(repo: Path, spec: ModelSpec, *, backend: str = "python",
     params = DEFAULT_PARAMETERS if parameters is None else parameters
     _write_text_atomic(path, spec.config_pbtxt(backend=backend, parameters=params))
     return path
-
-
-def refresh_backend(repo: Path, name: str, backend_src: Path) -> list[str]:
-    """Copy ``backend_src`` over each version's ``model.py`` that differs; the versions changed.
-
-    ``config.pbtxt`` is shared by all versions, so each version's copy of the backend must
-    understand it (e.g. the packed input): a local checkout serves its own backend."""
-    src = Path(backend_src).read_bytes()
-    changed = []
-    for v in existing_versions(repo, name):
-        dst = Path(repo) / name / str(v) / "model.py"
-        if dst.is_file() and dst.read_bytes() != src:
-            _write_bytes_atomic(dst, src)
-            changed.append(str(v))
-    return changed
 
 
 def write_version(repo: Path, spec: ModelSpec, onnx_path: Path, tokenizer_dir: Path,

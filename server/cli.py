@@ -14,10 +14,7 @@ import time
 from pathlib import Path
 
 from server.errors import RerankdError
-from server.settings import PROJECT_ROOT, Settings, load_settings
-
-# The Triton Python-backend model every exported version carries a copy of.
-BACKEND_SRC = PROJECT_ROOT / "model_repository" / "reranker" / "model.py"
+from server.settings import Settings, load_settings
 
 
 def _settings(args) -> Settings:
@@ -49,13 +46,8 @@ def start_triton(settings: Settings, *, free_ports: bool, load: bool):
     from server.triton.install import ensure_triton
     from server.triton.launcher import TritonPorts, TritonServer
 
-    from export.write_repo import refresh_backend
-
     t = settings.triton
     install = ensure_triton(t.install_dir)
-    refreshed = refresh_backend(t.model_repository, t.model_name, BACKEND_SRC)
-    if refreshed:
-        print(f"==> versions {', '.join(refreshed)}: model.py refreshed to this checkout's backend")
     ports = TritonPorts.free() if free_ports else TritonPorts(t.http_port, t.grpc_port, t.metrics_port)
     log_path = t.log_dir / f"triton-{ports.grpc}.log"
     server = TritonServer(install, t.model_repository, ports=ports, log_path=log_path,
@@ -141,7 +133,8 @@ def cmd_export(args) -> int:
         print(f"==> model repository {repo} already has a {settings.triton.model_name} version")
         return 0
     source = Path(args.source) if args.source else None
-    version, diff = run_export(source, repo, backend_src=BACKEND_SRC, engine=args.engine)
+    backend_src = Path(__file__).resolve().parent.parent / "model_repository" / "reranker" / "model.py"
+    version, diff = run_export(source, repo, backend_src=backend_src, engine=args.engine)
     print(f"==> exported {settings.triton.model_name} version {version} (ONNX vs torch max abs diff {diff:.2e})")
     return 0
 

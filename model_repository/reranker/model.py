@@ -20,10 +20,6 @@ that built the engine's files), unless ``config.pbtxt`` names one. Parameters (a
     allow_spinning    ONNX Runtime worker spin-wait: 1 (ORT default) | 0
     cpu_pinning       OpenVINO thread pinning: false (default here) | true (OpenVINO's default)
 
-A request carries either the model's own INT64 tensors or one INT32 ``packed_ids`` tensor
-(token id | segment id << 24 | attention bit << 26, see server/core/model_spec.py), which
-``unpack_inputs`` turns back into the model's tensors.
-
 Importable outside Triton (perf, tests): ``load_scorer(version_dir, params)`` gives the
 exact engine and batching the server runs.
 """
@@ -55,8 +51,6 @@ ENGINE_FILES = {
 DEFAULTS = {"engine": "onnxruntime", "precision": "bf16", "intra_op_threads": "0",
             "sub_batch": "32", "trim_padding": "true", "allow_spinning": "1", "cpu_pinning": "false"}
 TRIM_MULTIPLE = 8  # trimmed lengths are rounded up to this (fewer distinct shapes)
-PACKED_INPUT = "packed_ids"  # mirrors server.core.model_spec (this file runs without it)
-PACK_TYPE_SHIFT, PACK_MASK_SHIFT = 24, 26
 
 
 class EngineError(RuntimeError):
@@ -143,15 +137,6 @@ def row_lengths(mask: np.ndarray) -> np.ndarray:
     return np.where(attended.any(axis=1), last, 0)
 
 
-def unpack_inputs(packed: np.ndarray, names) -> dict[str, np.ndarray]:
-    """The model's int64 tensors ``names`` from a ``packed_ids`` array."""
-    packed = packed.astype(np.int64)
-    parts = {"input_ids": lambda: packed & ((1 << PACK_TYPE_SHIFT) - 1),
-             "token_type_ids": lambda: (packed >> PACK_TYPE_SHIFT) & 3,
-             "attention_mask": lambda: (packed >> PACK_MASK_SHIFT) & 1}
-    return {n: parts[n]() for n in names}
-
-
 class Scorer:
     """An engine plus the batching policy: join, sort by length, trim, run, unsort."""
 
@@ -226,8 +211,7 @@ class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
         version_dir = os.path.join(args["model_repository"], args["model_version"])
-        # The model's own tensors: every declared input except the packed one.
-        self.input_names = [i["name"] for i in config["input"] if i["name"] != PACKED_INPUT]
+        self.input_names = [i["name"] for i in config["input"]]
         self.output_name = config["output"][0]["name"]
         params = _params(config)
         try:
@@ -235,30 +219,12 @@ class TritonPythonModel:
         except EngineError as exc:
             raise pb_utils.TritonModelException(str(exc)) from None
 
-    def _arrays(self, request) -> dict[str, np.ndarray]:
-        packed = pb_utils.get_input_tensor_by_name(request, PACKED_INPUT)
-        if packed is not None:
-            return unpack_inputs(packed.as_numpy(), self.input_names)
-        arrays = {}
-        for name in self.input_names:
-            tensor = pb_utils.get_input_tensor_by_name(request, name)
-            if tensor is None:
-                raise ValueError(f"request has neither {PACKED_INPUT!r} nor {name!r}")
-            arrays[name] = tensor.as_numpy()
-        return arrays
-
     def execute(self, requests):
-        arrays, errors = [], {}
-        for i, r in enumerate(requests):
-            try:
-                arrays.append(self._arrays(r))
-            except ValueError as exc:  # this request fails alone; the batch goes on
-                errors[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc)))
-        scores = iter(self.scorer.score_many(arrays)) if arrays else iter(())
-        return [errors[i] if i in errors else
-                pb_utils.InferenceResponse([pb_utils.Tensor(self.output_name,
-                                                            np.ascontiguousarray(next(scores).reshape(-1, 1)))])
-                for i in range(len(requests))]
+        arrays = [{n: pb_utils.get_input_tensor_by_name(r, n).as_numpy() for n in self.input_names}
+                  for r in requests]
+        scores = self.scorer.score_many(arrays)
+        return [pb_utils.InferenceResponse([pb_utils.Tensor(self.output_name, np.ascontiguousarray(s.reshape(-1, 1)))])
+                for s in scores]
 
     def finalize(self):
         self.scorer = None

@@ -10,16 +10,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 
-# The packed wire format: one INT32 tensor per request instead of three INT64 ones, each
-# element = token id | segment id << 24 | attention bit << 26. A third of the tensors and a sixth
-# of the bytes: a 100-pair request's round trip through Triton's Python backend took 0.75 ms
-# instead of 1.37 (p50, an echo model, side by side). Lossless for vocabularies under 2^24
-# and segment ids under 4; the backend (model_repository/reranker/model.py) unpacks it.
-PACKED_INPUT = "packed_ids"
-PACK_TYPE_SHIFT, PACK_MASK_SHIFT = 24, 26
-PACK_MAX_VOCAB = 1 << PACK_TYPE_SHIFT
-
-
 @dataclass(frozen=True)
 class ModelSpec:
     name: str = "reranker"
@@ -41,9 +31,6 @@ class ModelSpec:
     # queued request waiting ~500 ms after the instance freed up (a 2-chunk request: 3 of 8
     # took 520 ms instead of 47; none without the policy). So late calls are not dropped
     # from the queue: they run, and the gateway discards their answers.
-    # How the gateway sends a batch: "packed" (one INT32 tensor, PACKED_INPUT; the Python
-    # backend's) or "tensors" (the model's own INT64 inputs; TensorRT and older exports).
-    wire: str = "packed"
 
     @property
     def max_seq_len(self) -> int:
@@ -63,7 +50,6 @@ class ModelSpec:
         for key in ("input_names", "seq_buckets", "preferred_batch_sizes"):
             if key in known:
                 known[key] = tuple(known[key])
-        known.setdefault("wire", "tensors")  # exported before the packed format existed
         return cls(**known)
 
     def config_pbtxt(self, *, backend: str = "python", instance_count: int = 1,
@@ -72,21 +58,12 @@ class ModelSpec:
 
         ``backend="python"`` runs ONNX Runtime inside Triton's Python backend (CPU);
         ``backend="tensorrt_plan"`` declares a TensorRT engine (GPU nodes).
-
-        The Python backend accepts either wire format, each input optional: gateways of
-        both kinds can share one Triton (a rolling upgrade), and every version's model.py
-        reads whichever a request carries.
         """
-        python = backend != "tensorrt_plan"
-        head = 'backend: "python"' if python else 'platform: "tensorrt_plan"'
-        if not python and self.wire == "packed":
-            raise ValueError("a TensorRT engine takes the model's own tensors: use wire='tensors'")
-        optional = "  optional: true\n" if python else ""
-        lines = [f'name: "{self.name}"', head, f"max_batch_size: {self.max_batch_size}"]
+        head = ('platform: "tensorrt_plan"\n' if backend == "tensorrt_plan"
+                else f'backend: "{backend}"\n')
+        lines = [f'name: "{self.name}"', head.rstrip("\n"), f"max_batch_size: {self.max_batch_size}"]
         for name in self.input_names:
-            lines.append(f'input {{\n  name: "{name}"\n  data_type: TYPE_INT64\n  dims: [ -1 ]\n{optional}}}')
-        if python:
-            lines.append(f'input {{\n  name: "{PACKED_INPUT}"\n  data_type: TYPE_INT32\n  dims: [ -1 ]\n{optional}}}')
+            lines.append(f'input {{\n  name: "{name}"\n  data_type: TYPE_INT64\n  dims: [ -1 ]\n}}')
         lines.append(f'output {{\n  name: "{self.output_name}"\n  data_type: TYPE_FP32\n  dims: [ 1 ]\n}}')
         preferred = ", ".join(str(b) for b in self.preferred_batch_sizes if b <= self.max_batch_size)
         lines.append(
@@ -94,7 +71,7 @@ class ModelSpec:
             + (f"  preferred_batch_size: [ {preferred} ]\n" if preferred else "")
             + f"  max_queue_delay_microseconds: {self.max_queue_delay_us}\n}}"
         )
-        kind = "KIND_CPU" if python else "KIND_GPU"
+        kind = "KIND_GPU" if backend == "tensorrt_plan" else "KIND_CPU"
         lines.append(f"instance_group {{\n  count: {instance_count}\n  kind: {kind}\n}}")
         lines.append("version_policy: { latest: { num_versions: 1 } }")
         for key, value in sorted((parameters or {}).items()):

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-from server.core.model_spec import PACK_MASK_SHIFT, PACK_MAX_VOCAB, PACK_TYPE_SHIFT, PACKED_INPUT, ModelSpec
+from server.core.model_spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -36,31 +36,6 @@ class EncodedBatch:
 
     def rows(self, start: int, stop: int) -> dict[str, np.ndarray]:
         return {k: v[start:stop] for k, v in self.arrays.items()}
-
-    def wire_arrays(self, wire: str) -> dict[str, np.ndarray]:
-        """What goes to Triton: the model's own tensors, or the one packed tensor."""
-        return {PACKED_INPUT: pack_inputs(self.arrays)} if wire == "packed" else self.arrays
-
-
-def check_packable(vocab_size: int, segment_ids: Sequence[int]) -> None:
-    """Raise ``ValueError`` unless ``pack_inputs`` is lossless for this tokenizer."""
-    if vocab_size > PACK_MAX_VOCAB:
-        raise ValueError(f"a vocabulary of {vocab_size} tokens (over {PACK_MAX_VOCAB}) cannot use "
-                         "the packed wire format")
-    if max(segment_ids, default=0) > 3:
-        raise ValueError("segment ids over 3 cannot use the packed wire format")
-
-
-def pack_inputs(arrays: dict[str, np.ndarray]) -> np.ndarray:
-    """int32 ``[n, seq]``: token id | segment id << 24 | attention bit << 26 (see model_spec)."""
-    ids = arrays["input_ids"]
-    packed = ids.astype(np.int32)
-    types = arrays.get("token_type_ids")
-    if types is not None:
-        packed |= types.astype(np.int32) << PACK_TYPE_SHIFT
-    mask = arrays.get("attention_mask")
-    packed |= (mask.astype(np.int32) if mask is not None else np.ones_like(packed)) << PACK_MASK_SHIFT
-    return packed
 
 
 def truncate_pair(n1: int, n2: int, budget: int) -> tuple[int, int]:
@@ -138,11 +113,6 @@ class PairTokenizer:
         self._cache_size = cache_size
         self.hits = self.misses = 0
         self._template = _derive_template(tokenizer)
-        if spec.wire == "packed":
-            tpl = self._template
-            segments = () if tpl is None else (tpl.type_a, tpl.type_b, *tpl.prefix_types,
-                                               *tpl.middle_types, *tpl.suffix_types)
-            check_packable(tokenizer.get_vocab_size(with_added_tokens=True), segments)
         if self._template is not None and not self._self_check():
             log.warning("tokenizer template not reproducible: falling back to per-pair encoding")
             self._template = None

@@ -22,9 +22,6 @@ from server.core.tokenize import EncodedBatch
 from server.errors import DeadlineExceeded, RerankdError, Unavailable
 
 
-_TRITON_DTYPE = {np.dtype(np.int64).str: "INT64", np.dtype(np.int32).str: "INT32"}
-
-
 def _translate(exc: InferenceServerException) -> RerankdError:
     status = str(exc.status() or "")
     if "DEADLINE_EXCEEDED" in status:
@@ -50,15 +47,6 @@ class TritonScorer:
         return [m.get("version", "") for m in index.get("models", [])
                 if m.get("name") == model_name and m.get("state") == "READY"]
 
-    async def model_inputs(self, model_name: str, version: str) -> list[str] | None:
-        """Input names of a loaded model version (None if Triton cannot say)."""
-        try:
-            meta = await self._client.get_model_metadata(model_name, version, as_json=True,
-                                                         client_timeout=2.0)
-        except InferenceServerException:
-            return None
-        return [i["name"] for i in meta.get("inputs", [])]
-
     async def server_live(self) -> bool:
         try:
             return await self._client.is_server_live(client_timeout=2.0)
@@ -73,10 +61,9 @@ class TritonScorer:
         batcher may merge them with other callers' chunks.
         """
         step = spec.max_batch_size
-        arrays = batch.wire_arrays(spec.wire)
         if len(batch) <= step:  # the usual case: one call, no task to schedule
-            return await self._infer(arrays, spec, version, timeout_s, headers)
-        chunks = [self._infer({k: v[i:i + step] for k, v in arrays.items()}, spec, version, timeout_s, headers)
+            return await self._infer(batch.arrays, spec, version, timeout_s, headers)
+        chunks = [self._infer(batch.rows(i, i + step), spec, version, timeout_s, headers)
                   for i in range(0, len(batch), step)]
         parts = await asyncio.gather(*chunks)
         return np.concatenate(parts) if parts else np.zeros(0, np.float32)
@@ -84,8 +71,9 @@ class TritonScorer:
     async def _infer(self, arrays: dict[str, np.ndarray], spec: ModelSpec, version: str,
                      timeout_s: float | None, headers: dict[str, str] | None) -> np.ndarray:
         inputs = []
-        for name, arr in arrays.items():
-            t = grpcclient.InferInput(name, list(arr.shape), _TRITON_DTYPE[arr.dtype.str])
+        for name in spec.input_names:
+            arr = arrays[name]
+            t = grpcclient.InferInput(name, list(arr.shape), "INT64")
             t.set_data_from_numpy(arr)
             inputs.append(t)
         outputs = [grpcclient.InferRequestedOutput(spec.output_name)]

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from server.core.model_spec import PACKED_INPUT, Manifest
+from server.core.model_spec import Manifest
 from server.core.tokenize import PairTokenizer
 from server.errors import Unavailable
 
@@ -32,15 +31,9 @@ class ServedModel:
         return self.manifest.spec
 
 
-def load_served_model(repo: Path, name: str, version: str, *,
-                      triton_inputs: list[str] | None = None) -> ServedModel:
-    """The version's manifest and tokenizer. ``triton_inputs`` (what Triton's loaded config
-    declares) picks the wire format: packed only where the served config accepts it."""
+def load_served_model(repo: Path, name: str, version: str) -> ServedModel:
     folder = Path(repo) / name / version
     manifest = Manifest.read(folder / "manifest.json")
-    if triton_inputs is not None:
-        wire = "packed" if PACKED_INPUT in triton_inputs else "tensors"
-        manifest = dataclasses.replace(manifest, spec=dataclasses.replace(manifest.spec, wire=wire))
     tokenizer = PairTokenizer.from_file(folder / "tokenizer.json", manifest.spec)
     return ServedModel(name, version, manifest, tokenizer)
 
@@ -66,14 +59,12 @@ class ModelWatcher:
                 self.current = None
             return None
         if self.current is None or self.current.version != chosen:
-            inputs = await self._scorer.model_inputs(self._name, chosen)
             try:
-                served = await asyncio.to_thread(load_served_model, self._repo, self._name, chosen,
-                                                 triton_inputs=inputs)
+                served = await asyncio.to_thread(load_served_model, self._repo, self._name, chosen)
             except (OSError, ValueError, KeyError) as exc:
                 log.error("cannot load tokenizer/manifest of %s version %s: %s", self._name, chosen, exc)
                 return self.current
-            log.info("serving %s version %s (%s inputs)", self._name, chosen, served.spec.wire)
+            log.info("serving %s version %s", self._name, chosen)
             self.current = served
         return self.current
 

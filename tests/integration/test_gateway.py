@@ -117,12 +117,6 @@ def test_callers_short_deadlines_are_deadline_exceeded_and_triton_keeps_serving(
     assert len(_rerank(stub, "u-deadline", ["m1", "m2"]).items) == 2
 
 
-def test_the_gateway_packs_its_inputs_because_tritons_config_accepts_them(stack, stub):
-    _rerank(stub, "u-wire", ["m1"])
-    log = "".join(p.read_text() for p in stack.logs.glob("gateway*.log"))
-    assert "serving reranker version 1 (packed inputs)" in log
-
-
 def test_events_change_the_very_next_ranking(stub):
     before = _rerank(stub, "u-live", ["m1", "m2", "m3", "m4"])
     stub.RecordEvents(pb.RecordEventsRequest(events=[

@@ -46,32 +46,6 @@ def test_scores_equal_onnxruntime_and_chunks_keep_order(stack):
     np.testing.assert_allclose(got, expected, atol=1e-3)
 
 
-def test_both_wire_formats_give_the_same_scores(stack):
-    """One Triton serves gateways that pack their inputs and gateways that send the model's
-    own tensors (a rolling upgrade, or a version exported before the packed format)."""
-    folder, spec, tok = _model(stack)
-    assert spec.wire == "packed"  # what an export writes today
-    batch = tok.encode("a user who likes dramas", [f"film {i} | genres: drama" for i in range(20)])
-    packed = asyncio.run(_score(stack.triton.grpc_url, batch, spec, timeout_s=30))
-    tensors = asyncio.run(_score(stack.triton.grpc_url, batch, dataclasses.replace(spec, wire="tensors"),
-                                 timeout_s=30))
-    np.testing.assert_array_equal(packed, tensors)
-
-
-def test_a_request_with_neither_wire_format_fails_alone(stack):
-    import tritonclient.grpc as tc
-    from tritonclient.utils import InferenceServerException
-
-    _, spec, tok = _model(stack)
-    ids = tok.encode("u", ["x"]).arrays["input_ids"]
-    client = tc.InferenceServerClient(stack.triton.grpc_url)
-    x = tc.InferInput("input_ids", list(ids.shape), "INT64")
-    x.set_data_from_numpy(ids)
-    with pytest.raises(InferenceServerException, match="neither 'packed_ids' nor 'attention_mask'"):
-        client.infer(spec.name, [x])
-    assert client.is_model_ready(spec.name)
-
-
 def test_a_deadline_too_short_is_deadline_exceeded(stack):
     _, spec, tok = _model(stack)
     batch = tok.encode("u", ["x"] * 64)

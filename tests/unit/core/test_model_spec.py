@@ -1,5 +1,3 @@
-import pytest
-
 from server.core.model_spec import Manifest, ModelSpec
 from server.settings import PROJECT_ROOT
 
@@ -17,18 +15,8 @@ def test_config_pbtxt_declares_dynamic_batching_and_signature():
     assert "dynamic_batching" in text and "max_queue_delay_microseconds" in text
     # No queue policy: request timeouts made Triton 2.51's batcher stall ~500 ms (see ModelSpec).
     assert "default_queue_policy" not in text
-    # Either wire format is accepted: the model's own tensors and the packed one, all optional.
-    assert text.count("optional: true") == 4 and 'name: "packed_ids"' in text and "TYPE_INT32" in text
-    trt = ModelSpec(wire="tensors").config_pbtxt(backend="tensorrt_plan")
+    trt = ModelSpec().config_pbtxt(backend="tensorrt_plan")
     assert 'platform: "tensorrt_plan"' in trt and "KIND_GPU" in trt
-    assert "packed_ids" not in trt and "optional" not in trt
-    with pytest.raises(ValueError, match="TensorRT"):
-        ModelSpec().config_pbtxt(backend="tensorrt_plan")
-
-
-def test_old_manifests_without_a_wire_format_send_the_models_tensors():
-    assert ModelSpec.from_dict({"max_batch_size": 64}).wire == "tensors"
-    assert ModelSpec.from_dict(ModelSpec().to_dict()).wire == "packed"
 
 
 def test_committed_config_matches_the_spec():

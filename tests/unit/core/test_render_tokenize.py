@@ -3,7 +3,7 @@ import pytest
 
 from server.core.model_spec import ModelSpec
 from server.core.render import EMPTY_HISTORY, render_item, render_user
-from server.core.tokenize import PairTokenizer, check_packable
+from server.core.tokenize import PairTokenizer
 from server.types import Item
 
 
@@ -106,29 +106,3 @@ def test_renderer_memo_follows_item_identity():
     assert r.items([old]) == [r.item(old)]
     new = Item("7", title="New title")  # an upsert hands out a new object: rendered afresh
     assert r.items([new, old]) == [r.item(new), r.item(old)]
-
-
-def test_packed_wire_format_round_trips_through_the_backend(tokenizer_path):
-    from export.engines import load_backend
-    from perf.stack import BACKEND_SRC
-
-    backend = load_backend(BACKEND_SRC)  # the Triton model's own unpacking
-    tok = PairTokenizer.from_file(tokenizer_path, ModelSpec(seq_buckets=(16, 32, 64)))
-    # "[SEP]" inside a text is a real special token here: the segments travel explicitly,
-    # not re-derived from separator positions.
-    batch = tok.encode("alien; babe [SEP] heat", ["heat", "a much longer title [SEP] about many things", ""])
-    wire = batch.wire_arrays("packed")
-    assert list(wire) == ["packed_ids"] and wire["packed_ids"].dtype == np.int32
-    back = backend.unpack_inputs(wire["packed_ids"], list(batch.arrays))
-    for name, arr in batch.arrays.items():
-        np.testing.assert_array_equal(back[name], arr, err_msg=name)
-        assert back[name].dtype == np.int64
-    assert batch.wire_arrays("tensors") is batch.arrays
-
-
-def test_packed_wire_format_refuses_tokenizers_it_cannot_hold():
-    check_packable(30522, (0, 1))
-    with pytest.raises(ValueError, match="packed"):
-        check_packable((1 << 24) + 1, (0, 1))
-    with pytest.raises(ValueError, match="segment ids"):
-        check_packable(30522, (0, 4))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from export.write_repo import next_version, refresh_backend, write_config, write_version
+from export.write_repo import next_version, write_config, write_version
 from server.core.model_spec import Manifest, ModelSpec
 
 
@@ -73,7 +73,7 @@ def test_config_pbtxt(parts):
     assert 'name: "ce"' in text and 'backend: "python"' in text
     assert "max_batch_size: 32" in text
     assert "dynamic_batching {" in text and "max_queue_delay_microseconds" in text
-    assert text.count("dims: [ -1 ]") == 4 and "dims: [ 1 ]" in text  # 3 model tensors + packed
+    assert text.count("dims: [ -1 ]") == 3 and "dims: [ 1 ]" in text
     assert 'name: "score"' in text and "TYPE_FP32" in text and text.count("TYPE_INT64") == 3
     assert 'key: "intra_op_threads"' in text and 'string_value: "2"' in text
     path = write_config(parts["repo"], spec, parameters={"intra_op_threads": "4"})
@@ -85,15 +85,3 @@ def test_missing_backend_writes_nothing(parts, tmp_path):
         write_version(parts["repo"], ModelSpec(), parts["onnx"], parts["tok"], parts["manifest"],
                       backend_src=tmp_path / "nope.py")
     assert next_version(parts["repo"], "reranker") == 1
-
-
-def test_refresh_backend_updates_only_versions_that_differ(parts):
-    v1, v2 = _write(parts), _write(parts)
-    repo, backend = parts["repo"], parts["backend"]
-    old = repo / "reranker" / str(v1) / "model.py"
-    old.write_text("# an older backend\n")
-    backend_now = backend.read_text()
-    assert refresh_backend(repo, "reranker", backend) == [str(v1)]
-    assert old.read_text() == backend_now
-    assert refresh_backend(repo, "reranker", backend) == []  # nothing left to do
-    assert (repo / "reranker" / str(v2) / "model.py").read_text() == backend_now
