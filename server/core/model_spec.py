@@ -27,10 +27,6 @@ class ModelSpec:
     # throughput at 8 concurrent callers (perf/, measured side by side).
     max_queue_delay_us: int = 0
     preferred_batch_sizes: tuple[int, ...] = (32, 64, 128)
-    # No queue policy (request timeouts): with one, Triton 2.51's batcher sometimes left a
-    # queued request waiting ~500 ms after the instance freed up (a 2-chunk request: 3 of 8
-    # took 520 ms instead of 47; none without the policy). So late calls are not dropped
-    # from the queue: they run, and the gateway discards their answers.
 
     @property
     def max_seq_len(self) -> int:
@@ -66,6 +62,10 @@ class ModelSpec:
             lines.append(f'input {{\n  name: "{name}"\n  data_type: TYPE_INT64\n  dims: [ -1 ]\n}}')
         lines.append(f'output {{\n  name: "{self.output_name}"\n  data_type: TYPE_FP32\n  dims: [ 1 ]\n}}')
         preferred = ", ".join(str(b) for b in self.preferred_batch_sizes if b <= self.max_batch_size)
+        # No queue policy (request timeouts): with one, Triton 2.51's batcher sometimes left a
+        # queued request waiting ~500 ms after the instance freed up (a 2-chunk request: 3 of 8
+        # took 520 ms instead of 47; none without the policy). So late calls are not dropped
+        # from the queue: they run, and the gateway discards their answers.
         lines.append(
             "dynamic_batching {\n"
             + (f"  preferred_batch_size: [ {preferred} ]\n" if preferred else "")
