@@ -58,7 +58,8 @@ class Gateway:
         self.item_cache = ItemCache(self.store, settings.store.item_cache_size,
                                     ttl_s=settings.store.item_cache_ttl_s or None)
         self.pipeline = Pipeline(pipeline_config(settings), self.store, self.scorer, self.models,
-                                 Admission(settings.server.max_in_flight), items=self.item_cache,
+                                 Admission(settings.server.max_in_flight,
+                                           backlog=lambda: self.scorer.abandoned_calls), items=self.item_cache,
                                  score_cache=ScoreCache(settings.server.score_cache_size),
                                  rules=self.rules, telemetry=self.telemetry)
         self.health = health.aio.HealthServicer()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import contextmanager
 
 from server.errors import Overloaded
@@ -12,18 +13,31 @@ class Admission:
 
     Refusing at once (RESOURCE_EXHAUSTED) rather than queueing keeps latency bounded
     and lets callers retry elsewhere; Triton's queue is where batching happens.
+
+    ``backlog`` counts downstream work that no request holds any more: inference calls that
+    passed their caller's deadline but still run in Triton (they are never cancelled, see
+    ``server.triton.client``). They take slots too, so that under overload with short
+    deadlines Triton's queue stays bounded by ``limit`` rather than growing with every retry.
     """
 
-    def __init__(self, limit: int):
+    def __init__(self, limit: int, backlog: Callable[[], int] | None = None):
         self.limit = limit
         self.in_flight = 0
         self.rejected = 0
+        self._backlog = backlog
+
+    @property
+    def backlog(self) -> int:
+        return self._backlog() if self._backlog is not None else 0
 
     @contextmanager
     def slot(self):
-        if self.in_flight >= self.limit:
+        if self.in_flight >= self.limit or (self._backlog is not None
+                                            and self.in_flight + self._backlog() >= self.limit):
             self.rejected += 1
-            raise Overloaded(f"gateway is at its limit of {self.limit} requests in flight; retry later")
+            behind = self.backlog
+            detail = f" ({behind} abandoned inference calls still running)" if behind else ""
+            raise Overloaded(f"gateway is at its limit of {self.limit} requests in flight{detail}; retry later")
         self.in_flight += 1
         try:
             yield

@@ -35,6 +35,9 @@ class TritonScorer:
         self.url = url
         self._client = grpcclient.InferenceServerClient(url=url)
         self._inflight: set[asyncio.Future] = set()
+        # Calls whose caller stopped waiting (deadline) while Triton still runs them: work that
+        # no request holds, which admission control counts (``Admission(backlog=...)``).
+        self._abandoned: set[asyncio.Future] = set()
 
     async def ready_versions(self, model_name: str) -> list[str]:
         """Versions of ``model_name`` that Triton reports READY (empty if none or unreachable)."""
@@ -85,6 +88,8 @@ class TritonScorer:
             async with asyncio.timeout(timeout_s):
                 result = await asyncio.shield(call)
         except TimeoutError:
+            if not call.done():
+                self._abandoned.add(call)
             raise DeadlineExceeded("Triton did not answer before the deadline") from None
         except InferenceServerException as exc:
             raise _translate(exc) from None
@@ -92,6 +97,7 @@ class TritonScorer:
 
     def _settled(self, call: asyncio.Future) -> None:
         self._inflight.discard(call)
+        self._abandoned.discard(call)
         if not call.cancelled():
             call.exception()  # an abandoned call's error is expected: mark it retrieved
 
@@ -99,6 +105,11 @@ class TritonScorer:
     def open_calls(self) -> int:
         """Inference calls still open on the channel (including those nobody waits for)."""
         return len(self._inflight)
+
+    @property
+    def abandoned_calls(self) -> int:
+        """Calls still running in Triton whose caller gave up waiting (past its deadline)."""
+        return len(self._abandoned)
 
     async def inference_statistics(self, model_name: str) -> dict:
         return await self._client.get_inference_statistics(model_name, as_json=True)

@@ -11,12 +11,13 @@ import onnxruntime as ort
 import pytest
 
 from server.api.pb import reranker_pb2 as pb
+from server.api.pb import reranker_pb2_grpc as pb_grpc
 from server.core.model_spec import Manifest
 from server.core.render import render_item, render_user
 from server.core.tokenize import PairTokenizer
 from server.devstack import grpc_health
 from server.types import Item
-from tests.integration.conftest import inference_counts, queue_delay
+from tests.integration.conftest import gateway_process, inference_counts, queue_delay
 
 pytestmark = pytest.mark.integration
 
@@ -115,6 +116,38 @@ def test_callers_short_deadlines_are_deadline_exceeded_and_triton_keeps_serving(
     assert codes.count(grpc.StatusCode.DEADLINE_EXCEEDED) >= 10  # the calls did run out of time
     assert stack.triton.proc.poll() is None, f"Triton exited: see {stack.triton.log_path}"
     assert len(_rerank(stub, "u-deadline", ["m1", "m2"]).items) == 2
+
+
+def test_inference_abandoned_at_callers_deadlines_holds_admission_slots(stack, tmp_path):
+    """Calls that outlive their callers' deadlines still run in Triton (never cancelled): they
+    count against the gateway's in-flight limit until Triton answers them."""
+    with gateway_process(stack.triton, stack.repo, tmp_path / "gw.log", RERANKD_SERVER_MAX_IN_FLIGHT="2",
+                         RERANKD_SERVER_SCORE_CACHE_SIZE="0") as (_, addr), \
+            grpc.insecure_channel(addr) as ch, queue_delay(stack.triton, 1_500_000):
+        stub = pb_grpc.RerankerStub(ch)
+        codes = []
+        for k in range(3):  # each waits in Triton's 1.5 s batching window past its 0.3 s deadline
+            try:
+                _rerank_timeout(stub, f"u-abandon-{k}", 0.3)
+                codes.append(grpc.StatusCode.OK)
+            except grpc.RpcError as e:
+                codes.append(e.code())
+                detail = e.details()
+        assert codes == [grpc.StatusCode.DEADLINE_EXCEEDED] * 2 + [grpc.StatusCode.RESOURCE_EXHAUSTED], codes
+        assert "2 abandoned inference calls" in detail, detail
+        deadline = time.monotonic() + 10  # once Triton answers them, the slots are free again
+        while True:
+            try:
+                assert len(_rerank_timeout(stub, "u-abandon-after", 5.0).items) == 2
+                break
+            except grpc.RpcError as e:
+                assert e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and time.monotonic() < deadline, e
+                time.sleep(0.05)
+
+
+def _rerank_timeout(stub, user, timeout_s):
+    cands = [pb.Candidate(item_id=f"{user}-{j}", text=f"held film {user} {j}") for j in range(2)]
+    return stub.Rerank(pb.RerankRequest(user_id=user, candidates=cands), timeout=timeout_s)
 
 
 def test_events_change_the_very_next_ranking(stub):

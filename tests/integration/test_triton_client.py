@@ -92,11 +92,12 @@ def test_a_call_past_its_deadline_is_abandoned_not_cancelled(stack):
             with pytest.raises(DeadlineExceeded):
                 await scorer.score(batch, spec, "1", timeout_s=0.02)
             assert scorer.open_calls == 1  # still open: nothing was cancelled
+            assert scorer.abandoned_calls == 1  # and nobody waits for it: admission counts it
             for _ in range(100):  # it ends when Triton answers; the answer is dropped
                 if scorer.open_calls == 0:
                     break
                 await asyncio.sleep(0.02)
-            assert scorer.open_calls == 0
+            assert scorer.open_calls == 0 and scorer.abandoned_calls == 0
             return await scorer.score(batch, spec, "1", timeout_s=30)
         finally:
             await scorer.close()

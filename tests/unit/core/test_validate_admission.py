@@ -71,3 +71,17 @@ def test_admission_refuses_beyond_limit_and_recovers():
     assert adm.in_flight == 0
     with adm.slot():
         assert adm.in_flight == 1
+
+
+def test_admission_counts_abandoned_downstream_work_as_taken_slots():
+    backlog = [0]
+    adm = Admission(3, backlog=lambda: backlog[0])
+    with adm.slot():
+        backlog[0] = 2  # two calls still run in Triton for callers that gave up
+        with pytest.raises(Overloaded, match="2 abandoned inference calls"):
+            with adm.slot():
+                pass
+        assert adm.rejected == 1
+        backlog[0] = 1
+        with adm.slot():  # one finished: its slot is free again
+            assert adm.in_flight == 2
