@@ -48,7 +48,9 @@ async def bench(version_dir: Path, db_path: Path, candidates: int, n: int, profi
     served = load_served_model(version_dir.parent.parent, version_dir.parent.name, version_dir.name)
     store = open_store(f"sqlite:///{db_path}", history_len=20)
     pipe = Pipeline(PipelineConfig(), store, InstantScorer(), FixedModel(served), items=ItemCache(store, 100_000))
-    msgs = build_messages(make_requests(n, candidates, seed=7))
+    distinct = int(__import__("os").environ.get("DISTINCT", "0")) or n
+    msgs = build_messages(make_requests(distinct, candidates, seed=7))
+    msgs = [msgs[i % distinct] for i in range(n)]
     stages: dict[str, list[float]] = {}
     wall = []
 

@@ -19,6 +19,7 @@ from server.core.score_cache import ScoreCache
 from server.core.validate import validate_events, validate_items, validate_rerank
 from server.errors import DeadlineExceeded
 from server.rules import RuleCandidate, RulesProvider, RuleSet, apply_overrides, apply_rules
+from server.rules.columnar import orders_by_score_only, rank_by_score
 from server.rules.config import Blend
 from server.telemetry import Telemetry
 from server.types import Event, Item, RecordResult, RerankRequest, RerankResponse
@@ -155,20 +156,41 @@ class Pipeline:
                     scores[k] = s
         watch.mark("infer")
 
-        if len(scoreable) == len(req.candidates):  # the usual case: every candidate scored
-            rule_cands = [RuleCandidate.of(c, item, s) for c, (_, item), s in zip(req.candidates, scoreable, scores)]
-        else:
-            scored_at = {idx: (item, scores[k]) for k, (idx, item) in enumerate(scoreable)}
-            rule_cands = [RuleCandidate.of(c, *scored_at.get(idx, (None, None)))
-                          for idx, c in enumerate(req.candidates)]
-        outcome = apply_rules(ruleset, rule_cands, history=events, now=time.time(), top_n=req.top_n)
-        ranked = outcome.to_scored_items(explain=req.explain)
+        ranked = filtered = None
+        if not req.explain and orders_by_score_only(ruleset):  # the default: blend and sort
+            ranked = self._rank_columns(ruleset, req, scoreable, scores)
+        if ranked is None:
+            if len(scoreable) == len(req.candidates):  # the usual case: every candidate scored
+                rule_cands = [RuleCandidate.of(c, item, s)
+                              for c, (_, item), s in zip(req.candidates, scoreable, scores)]
+            else:
+                scored_at = {idx: (item, scores[k]) for k, (idx, item) in enumerate(scoreable)}
+                rule_cands = [RuleCandidate.of(c, *scored_at.get(idx, (None, None)))
+                              for idx, c in enumerate(req.candidates)]
+            outcome = apply_rules(ruleset, rule_cands, history=events, now=time.time(), top_n=req.top_n)
+            ranked, filtered = outcome.to_scored_items(explain=req.explain), outcome.filtered
         watch.mark("rules")
         watch.stages["total"] = watch.elapsed_s() * 1000.0
         self.telemetry.record_stages(watch.spans)
         return RerankResponse(items=ranked, model_name=model.name, model_version=model.version,
                               timings_ms=watch.stages, request_id=req.request_id,
-                              filtered=outcome.filtered if req.explain else [])
+                              filtered=filtered if req.explain and filtered else [])
+
+    @staticmethod
+    def _rank_columns(ruleset: RuleSet, req: RerankRequest, scoreable: list[tuple[int, Item]],
+                      scores: list) -> list | None:
+        """``rank_by_score`` over the request's columns (None: the engine must decide)."""
+        n = len(req.candidates)
+        if len(scoreable) == n:
+            model, scored = np.asarray(scores, dtype=np.float64), np.ones(n, dtype=bool)
+        else:
+            model, scored = np.zeros(n), np.zeros(n, dtype=bool)
+            for k, (idx, _) in enumerate(scoreable):
+                model[idx], scored[idx] = scores[k], True
+        # None -> NaN: "no retrieval score" (retrieval scores themselves are finite, validated).
+        retrieval = np.array([c.retrieval_score for c in req.candidates], dtype=np.float64)
+        return rank_by_score(ruleset, [c.item_id for c in req.candidates], model, scored, retrieval,
+                             req.top_n)
 
     @staticmethod
     def _with_model_blend(ruleset: RuleSet, manifest) -> RuleSet:

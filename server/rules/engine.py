@@ -68,18 +68,23 @@ def _interacted(ruleset: RuleSet, history: Sequence[Event], now: float) -> set[s
 
 
 def _blended(entries: list[_Entry], blend: Blend) -> list[float]:
-    """``model_weight * norm(model) + retrieval_weight * norm(retrieval)`` for every entry,
-    vectorized (normalization needs the whole set anyway)."""
+    """``blend_columns`` for the engine's entries."""
     cs = [e.c for e in entries]
     model = np.array([c.model_score for c in cs], dtype=np.float64)
     scored = np.array([c.scored for c in cs], dtype=bool)
     # None -> NaN in a float array; retrieval scores themselves are finite (validated).
     retr = np.array([c.retrieval_score for c in cs], dtype=np.float64)
-    has_r = ~np.isnan(retr)
+    return blend_columns(blend, model, scored, retr).tolist()
+
+
+def blend_columns(blend: Blend, model: np.ndarray, scored: np.ndarray, retrieval: np.ndarray) -> np.ndarray:
+    """``model_weight * norm(model) + retrieval_weight * norm(retrieval)`` per candidate,
+    vectorized (normalization needs the whole set anyway). ``retrieval`` is NaN where absent."""
+    has_r = ~np.isnan(retrieval)
     with np.errstate(all="ignore"):
         m = np.where(scored, _normalize(blend.model_normalize, model, scored), 0.0)
-        r = np.where(has_r, _normalize(blend.retrieval_normalize, retr, has_r), blend.missing_retrieval)
-        return (blend.model_weight * m + blend.retrieval_weight * r).tolist()
+        r = np.where(has_r, _normalize(blend.retrieval_normalize, retrieval, has_r), blend.missing_retrieval)
+        return blend.model_weight * m + blend.retrieval_weight * r
 
 
 def _normalize(kind: str, x: np.ndarray, mask: np.ndarray) -> np.ndarray:
