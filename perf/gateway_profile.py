@@ -1,7 +1,7 @@
 """The gateway's own CPU per request, without Triton: the real pipeline (store, item cache,
 renderer, tokenizer, rules, proto conversion) with a scorer that returns at once.
 
-    python -m perf.gateway_profile [--candidates 100] [--requests 300] [--profile]
+    python -m perf.gateway_profile [--candidates 100] [--requests 300] [--distinct 48] [--profile]
 
 Reports per-stage p50/p99 (ms) and, with ``--profile``, the top functions by cumulative time
 (cProfile). Run on a quiet machine for absolute numbers; on a busy one the p99 shows how
@@ -36,7 +36,7 @@ class FixedModel:
 
 
 async def bench(version_dir: Path, db_path: Path, candidates: int, n: int, profile: bool,
-                evict_ms: float = 0.0) -> dict:
+                evict_ms: float = 0.0, distinct: int = 0) -> dict:
     from perf.loadgen import build_messages
     from perf.workload import make_requests
     from server.api import convert
@@ -48,7 +48,7 @@ async def bench(version_dir: Path, db_path: Path, candidates: int, n: int, profi
     served = load_served_model(version_dir.parent.parent, version_dir.parent.name, version_dir.name)
     store = open_store(f"sqlite:///{db_path}", history_len=20)
     pipe = Pipeline(PipelineConfig(), store, InstantScorer(), FixedModel(served), items=ItemCache(store, 100_000))
-    distinct = int(__import__("os").environ.get("DISTINCT", "0")) or n
+    distinct = distinct or n
     msgs = build_messages(make_requests(distinct, candidates, seed=7))
     msgs = [msgs[i % distinct] for i in range(n)]
     stages: dict[str, list[float]] = {}
@@ -109,12 +109,14 @@ def main(argv=None) -> int:
     ap.add_argument("--evict-ms", type=float, default=0.0,
                     help="run a matrix product this long before each request, as the engine does "
                          "on a shared CPU (cold caches: the gateway's cost in a real deployment)")
+    ap.add_argument("--distinct", type=int, default=0,
+                    help="cycle this many distinct requests (0: all distinct, every text first seen)")
     args = ap.parse_args(argv)
     res = asyncio.run(bench(args.version_dir, args.store, args.candidates, args.requests, args.profile,
-                            args.evict_ms))
+                            args.evict_ms, args.distinct))
     prof = res.pop("_profile", "")
     print(f"{'stage':18s} {'p50 ms':>8s} {'p99 ms':>8s}   ({args.requests} requests x {args.candidates} candidates, "
-          "distinct users/items: first-seen texts)")
+          f"{args.distinct or args.requests} distinct requests cycled)")
     for k, (p50, p99) in res.items():
         print(f"{k:18s} {p50:8.2f} {p99:8.2f}")
     if prof:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
 import time
 from collections import Counter
@@ -247,6 +248,45 @@ def sequential_overhead(addr: str, messages, n: int, stats_fn, *, instances: int
                 row["transport_ms"] = t_ms - row["gw_handler_ms"]
             rows.append(row)
     return rows
+
+
+def event_to_effect(addr: str, messages, n: int, *, timeout_s: float = 30.0) -> dict:
+    """How soon a user's event changes their ranking, through the public API.
+
+    Per sample, a user never seen before (so the event is the whole history): ``Rerank``
+    (cold start), then ``RecordEvents`` with one click, then the next ``Rerank`` of the same
+    candidates, which must score them differently (the click is now in the user's text).
+    Reports the event call's latency, event-to-effect (event sent -> changed ranking
+    received) p50/p99 ms, and how many samples changed (all of them, or the figure is void).
+    """
+    import grpc
+
+    pb, pb_grpc = _pb()
+    run_id = f"{os.getpid()}-{int(time.time())}"
+    record_ms, effect_ms, changed = [], [], 0
+    with grpc.insecure_channel(addr) as ch:
+        stub = pb_grpc.RerankerStub(ch)
+        for k in range(n + 1):  # the first sample warms up and is not counted
+            msg = pb.RerankRequest()
+            msg.CopyFrom(messages[k % len(messages)])
+            msg.user_id = f"perf-effect-{run_id}-{k}"
+            before = {i.item_id: i.model_score for i in stub.Rerank(msg, timeout=timeout_s).items}
+            clicked = msg.candidates[(k * 7) % len(msg.candidates)].item_id
+            t0 = time.perf_counter()
+            stub.RecordEvents(pb.RecordEventsRequest(events=[pb.Event(
+                user_id=msg.user_id, item_id=clicked, event_type="click", timestamp=time.time())]),
+                timeout=timeout_s)
+            t1 = time.perf_counter()
+            after = {i.item_id: i.model_score for i in stub.Rerank(msg, timeout=timeout_s).items}
+            t2 = time.perf_counter()
+            if k == 0:
+                continue
+            record_ms.append((t1 - t0) * 1e3)
+            effect_ms.append((t2 - t0) * 1e3)
+            changed += any(abs(after[i] - s) > 1e-6 for i, s in before.items())
+    return {"samples": n, "changed": changed, "candidates": len(messages[0].candidates),
+            "record_p50_ms": float(np.percentile(record_ms, 50)), "record_p99_ms": float(np.percentile(record_ms, 99)),
+            "effect_p50_ms": float(np.percentile(effect_ms, 50)), "effect_p99_ms": float(np.percentile(effect_ms, 99))}
 
 
 def _call_sync(stub, msg, timeout_s: float):

@@ -216,6 +216,13 @@ def write_report(out: Path, res: dict) -> Path:
             L += [f"CPU pressure while it ran (Linux PSI: share of time runnable tasks waited for a CPU, all "
                   f"processes including this suite's own, 60 s average): {cp['before']['avg60']:.1f}% before, {cp['after']['avg60']:.1f}% after "
                   f"(load average {cp.get('load_avg', '?')}). The p99 moves with it on a shared machine.", ""]
+    ev = res.get("event_effect")
+    if ev:
+        L += [f"**Event to effect through gRPC** ({ev['samples']} users never seen before, {ev['candidates']} "
+              f"candidates, one gateway): `RecordEvents` of one click p50 {ev['record_p50_ms']:.1f} / p99 "
+              f"{ev['record_p99_ms']:.1f} ms; from sending the event to receiving the next `Rerank` that "
+              f"reflects it p50 {ev['effect_p50_ms']:.1f} / p99 {ev['effect_p99_ms']:.1f} ms. The ranking "
+              f"changed in {ev['changed']} of {ev['samples']} samples.", ""]
     s = res.get("side_by_side")
     if s:
         rows = [{"system": k, **v} for k, v in s.items() if isinstance(v, dict)]

@@ -36,16 +36,16 @@ BUDGETS = {
     "short": dict(engine_s=1.5, engine_rounds=3, engine_batches=3, quality_requests=6,
                   tune_s=9.0, tune_warm=2.5, tune_passes=2, pa_ms=2000, pa_conc=[1, 2, 4], gw_s=5.0, gw_conc=[1, 2, 4, 8],
                   open_s=8.0, open_rates=[0.5, 0.8, 1.0], cand_n=6, cands=[10, 50, 100, 200, 500],
-                  overhead_n=300, side_s=4.0, side_rounds=3, tune_grid="short"),
+                  overhead_n=300, effect_n=50, side_s=4.0, side_rounds=3, tune_grid="short"),
     # a quick end-to-end check of the suite itself (numbers too short to quote)
     "smoke": dict(engine_s=0.3, engine_rounds=1, engine_batches=1, quality_requests=2,
                   tune_s=1.5, tune_warm=0.5, tune_passes=1, pa_ms=1000, pa_conc=[1], gw_s=1.5, gw_conc=[1, 2],
                   open_s=2.0, open_rates=[0.5], cand_n=2, cands=[10, 100],
-                  overhead_n=5, side_s=1.0, side_rounds=1, tune_grid="short"),
+                  overhead_n=5, effect_n=3, side_s=1.0, side_rounds=1, tune_grid="short"),
     "full": dict(engine_s=3.0, engine_rounds=5, engine_batches=6, quality_requests=30,
                  tune_s=20.0, tune_warm=3.0, tune_passes=3, pa_ms=5000, pa_conc=[1, 2, 4, 8], gw_s=15.0, gw_conc=[1, 2, 4, 8, 16, 32],
                  open_s=30.0, open_rates=[0.25, 0.5, 0.75, 0.9, 1.0, 1.2], cand_n=20,
-                 cands=[10, 50, 100, 200, 500], overhead_n=1000, side_s=10.0, side_rounds=5,
+                 cands=[10, 50, 100, 200, 500], overhead_n=1000, effect_n=200, side_s=10.0, side_rounds=5,
                  tune_grid="full"),
 }
 THREADS = 2
@@ -257,7 +257,7 @@ def section_perf_analyzer(out: Path, stack, prepared, vd: Path, b: dict, res: di
 
 def section_gateway(out: Path, stack, workload_msgs, cand_msgs: dict, b: dict, res: dict, instances: int = 1,
                     served: tuple | None = None, max_batch: int = 64):
-    from perf.loadgen import closed_loop, grpc_floor, open_loop, sequential_overhead
+    from perf.loadgen import closed_loop, event_to_effect, grpc_floor, open_loop, sequential_overhead
 
     log(f"==> [5/6] gateway load (load avg {load_avg()})")
     closed = []
@@ -315,6 +315,11 @@ def section_gateway(out: Path, stack, workload_msgs, cand_msgs: dict, b: dict, r
     if ov["cpu_pressure"]["after"] is not None:
         log(f"    CPU pressure from all processes (PSI some avg60, % of time tasks waited for a CPU): "
             f"{ov['cpu_pressure']['before']['avg60']:.1f} before, {ov['cpu_pressure']['after']['avg60']:.1f} after")
+    ev = event_to_effect(stack.addr, workload_msgs_for_overhead(48), b["effect_n"])
+    res["event_effect"] = ev
+    log(f"    event -> effect through gRPC ({ev['samples']} new users, {ev['candidates']} candidates): "
+        f"RecordEvents p50 {ev['record_p50_ms']:.1f} ms; event sent -> changed ranking received p50 "
+        f"{ev['effect_p50_ms']:.1f} p99 {ev['effect_p99_ms']:.1f} ms; ranking changed in {ev['changed']} of {ev['samples']}")
     if restore is not None:
         apply_config(stack, restore[0], restore[2], restore[1])
     write_csv(out / "gateway_closed.csv", closed)

@@ -149,3 +149,14 @@ def test_bulk_loader_csv_through_the_api(stack, tmp_path):
     resp = _stub(stack.addr).Rerank(pb.RerankRequest(
         user_id="rt-bulk", candidates=[pb.Candidate(item_id=f"bulk{i}") for i in (0, 599, 1199)]), timeout=30)
     assert not any(i.unscored for i in resp.items)
+
+
+def test_perf_event_to_effect_measures_changed_rankings_through_grpc(stack, stub):
+    """``perf.loadgen.event_to_effect`` (the perf suite's real-time figure) on the real gateway."""
+    from perf.loadgen import event_to_effect
+
+    stub.UpsertItems(pb.UpsertItemsRequest(items=ITEMS))
+    msgs = [pb.RerankRequest(user_id="overwritten", candidates=[pb.Candidate(item_id=i.item_id) for i in ITEMS])]
+    got = event_to_effect(stack.addr, msgs, 3)
+    assert got["samples"] == 3 and got["changed"] == 3, got  # every click changed the next ranking
+    assert 0 < got["record_p50_ms"] < got["effect_p50_ms"] <= got["effect_p99_ms"], got
