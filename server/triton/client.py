@@ -88,12 +88,18 @@ class TritonScorer:
             async with asyncio.timeout(timeout_s):
                 result = await asyncio.shield(call)
         except TimeoutError:
-            if not call.done():
-                self._abandoned.add(call)
+            self._abandon(call)
             raise DeadlineExceeded("Triton did not answer before the deadline") from None
+        except asyncio.CancelledError:  # the caller hung up or its gRPC deadline passed first
+            self._abandon(call)
+            raise
         except InferenceServerException as exc:
             raise _translate(exc) from None
         return result.as_numpy(spec.output_name).reshape(-1).astype(np.float32)
+
+    def _abandon(self, call: asyncio.Future) -> None:
+        if not call.done():
+            self._abandoned.add(call)
 
     def _settled(self, call: asyncio.Future) -> None:
         self._inflight.discard(call)

@@ -49,7 +49,9 @@ def model_repo(tmp_path_factory, tiny_model_dir) -> Path:
 
 @contextlib.contextmanager
 def gateway_process(triton: TritonServer, repo: Path, log_path: Path, *, serving: bool = True, **env: str):
-    """A gateway on the test session's Triton; yields (process, address)."""
+    """A gateway on the test session's Triton; yields (process, address). Its own SQLite store
+    next to ``log_path`` unless ``RERANKD_STORE_URL`` is given (never the developer's default one)."""
+    env.setdefault("RERANKD_STORE_URL", f"sqlite:///{log_path.with_suffix('.db')}")
     with _gateway_process(triton.grpc_url, repo, log_path, serving=serving,
                           RERANKD_SERVER_MAX_CANDIDATES=MAX_CANDIDATES, **env) as pair:
         yield pair

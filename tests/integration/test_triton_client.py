@@ -110,6 +110,34 @@ def test_a_call_past_its_deadline_is_abandoned_not_cancelled(stack):
     assert after[0] - before[0] == 8  # both calls ran: Triton was never told to stop the late one
 
 
+def test_a_call_whose_caller_hangs_up_is_abandoned_not_cancelled(stack):
+    _, spec, tok = _model(stack)
+    batch = tok.encode("u", ["x"] * 4)
+
+    async def hang_up():
+        scorer = TritonScorer(stack.triton.grpc_url)
+        try:
+            waiting = asyncio.create_task(scorer.score(batch, spec, "1", timeout_s=30))
+            await asyncio.sleep(0.05)  # in Triton's queue (200 ms window) now
+            waiting.cancel()  # what grpc.aio does to a handler whose caller went away
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+            assert scorer.open_calls == 1 and scorer.abandoned_calls == 1
+            for _ in range(100):
+                if scorer.open_calls == 0:
+                    break
+                await asyncio.sleep(0.02)
+            assert scorer.open_calls == 0 and scorer.abandoned_calls == 0
+        finally:
+            await scorer.close()
+
+    with queue_delay(stack.triton, 200_000) as client:
+        before = inference_counts(client)
+        asyncio.run(hang_up())
+        after = inference_counts(client)
+    assert after[0] - before[0] == 4  # it ran to its end in Triton
+
+
 def test_no_triton_listening_is_unavailable(stack):
     _, spec, tok = _model(stack)
     with pytest.raises(Unavailable, match="UNAVAILABLE"):
