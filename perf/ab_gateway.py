@@ -85,7 +85,7 @@ def main(argv=None) -> int:
     from server.devstack import gateway_process
     from server.settings import load_settings
     from server.triton.install import ensure_triton
-    from server.triton.launcher import TritonPorts, TritonServer
+    from server.triton.launcher import TritonPorts, TritonServer, free_port
 
     out = args.out
     (out / "logs").mkdir(parents=True, exist_ok=True)
@@ -97,6 +97,8 @@ def main(argv=None) -> int:
     max_batch = Manifest.read(vd / "manifest.json").spec.max_batch_size
     env = {"RERANKD_SERVER_SCORE_CACHE_SIZE": "0", "RERANKD_SERVER_MAX_IN_FLIGHT": "256",
            "RERANKD_SERVER_MAX_CANDIDATES": "1000", "RERANKD_STORE_URL": f"sqlite:///{db}"}
+    # This tree's gateway with its metrics endpoint on, as deployed (``--base`` may predate it).
+    this_env = {"RERANKD_TELEMETRY_METRICS_PORT": str(free_port())}
     inst = ensure_triton(load_settings(env={}).triton.install_dir, log=log)
     triton = TritonServer(inst, out / "model_repository", ports=TritonPorts.free(),
                           log_path=out / "logs" / "triton.log", load_models=[MODEL])
@@ -107,7 +109,7 @@ def main(argv=None) -> int:
                 gateway_process(triton.grpc_url, out / "model_repository", out / "logs" / "base.log",
                                 cwd=base_tree, **env) as (_, base_addr), \
                 gateway_process(triton.grpc_url, out / "model_repository", out / "logs" / "this.log",
-                                **env) as (_, this_addr):
+                                **env, **this_env) as (_, this_addr):
             stats = Stack(triton, None, this_addr, out / "model_repository", out / "logs").model_stats
             log(f"==> {args.base} ({base_addr}) vs this tree ({this_addr}), {args.rounds} rounds x "
                 f"{args.requests} requests of {args.candidates} candidates; CPU pressure {cpu_pressure()}")

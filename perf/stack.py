@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from server.devstack import local_stack
+from server.triton.launcher import free_port
 from server.settings import PROJECT_ROOT, load_settings
 from server.triton.install import ensure_triton
 from server.triton.launcher import TritonServer
@@ -58,6 +59,8 @@ def launch(repo: Path, db_path: Path, logs: Path, *, max_candidates: int = 1000,
     inst = ensure_triton(settings.triton.install_dir, log=log)
     with local_stack(inst, repo, logs,
                      RERANKD_TRITON_POLL_INTERVAL_S="0.5",
+                     # Metrics on, as a deployed gateway runs (their cost is part of the figures).
+                     RERANKD_TELEMETRY_METRICS_PORT=str(free_port()),
                      RERANKD_SERVER_MAX_CANDIDATES=str(max_candidates),
                      RERANKD_SERVER_MAX_IN_FLIGHT="256",
                      RERANKD_SERVER_SCORE_CACHE_SIZE=str(score_cache_size),

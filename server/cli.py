@@ -115,6 +115,8 @@ async def _serve(settings: Settings) -> None:
     print("    try, in another terminal:\n"
           f"      .venv/bin/rerankd client rerank --addr {settings.server.host}:{port} --user 1 --items 50,172,181,1,121\n"
           "    Ctrl-C stops the gateway and Triton.")
+    if gateway.metrics_port:
+        print(f"    metrics (Prometheus text): curl http://{settings.telemetry.metrics_host}:{gateway.metrics_port}/metrics")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -51,8 +51,10 @@ def gateway_process(triton_url: str, repo: Path, log_path: Path, *, serving: boo
     yields (process, address). With ``serving`` it waits until the model is ready. ``cwd``:
     the source tree the gateway runs from (another checkout, for before/after comparisons)."""
     port = free_port()
+    # Metrics off unless asked for: several gateways here would contend for one default port.
     full_env = dict(os.environ, RERANKD_SERVER_PORT=str(port), RERANKD_TRITON_URL=triton_url,
-                    RERANKD_TRITON_MODEL_REPOSITORY=str(repo), RERANKD_TRITON_POLL_INTERVAL_S="0.2")
+                    RERANKD_TRITON_MODEL_REPOSITORY=str(repo), RERANKD_TRITON_POLL_INTERVAL_S="0.2",
+                    RERANKD_TELEMETRY_METRICS_PORT="0")
     full_env.update(env)
     log = open(log_path, "ab")
     proc = subprocess.Popen([sys.executable, "-m", "server", "serve"], env=full_env, stdout=log,

@@ -91,6 +91,10 @@ class TelemetrySettings:
     # W3C traceparent and the context goes on to Triton in the inference headers.
     traces: str = "none"
     service_name: str = "rerankd"
+    # Prometheus-style metrics (OpenTelemetry) on http://<metrics_host>:<metrics_port>/metrics;
+    # 0 turns the endpoint off.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9464
 
 
 @dataclass

@@ -19,6 +19,7 @@ from server.core.pipeline import Pipeline, PipelineConfig
 from server.core.score_cache import ScoreCache
 from server.features import open_store
 from server.features.cache import ItemCache
+from server.metrics import Metrics
 from server.rules import RulesProvider
 from server.settings import Settings, parse_weights
 from server.telemetry import Telemetry
@@ -62,6 +63,9 @@ class Gateway:
                                            backlog=lambda: self.scorer.abandoned_calls), items=self.item_cache,
                                  score_cache=ScoreCache(settings.server.score_cache_size),
                                  rules=self.rules, telemetry=self.telemetry)
+        self.metrics = Metrics(settings.telemetry.metrics_port > 0, settings.telemetry.service_name)
+        self._register_metrics()
+        self.metrics_port: int | None = None
         self.health = health.aio.HealthServicer()
         self.server = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", 16 * 1024 * 1024),
@@ -74,7 +78,8 @@ class Gateway:
 
     async def start(self) -> int:
         """Bind and start serving; returns the bound port (useful with port 0)."""
-        pb_grpc.add_RerankerServicer_to_server(RerankerServicer(self.pipeline, self.telemetry), self.server)
+        pb_grpc.add_RerankerServicer_to_server(RerankerServicer(self.pipeline, self.telemetry, self.metrics),
+                                               self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
@@ -85,6 +90,9 @@ class Gateway:
         if not self.port:
             raise RuntimeError(f"cannot bind {address}")
         await self.server.start()
+        tel = self.settings.telemetry
+        if tel.metrics_port > 0:
+            self.metrics_port = self.metrics.serve(tel.metrics_host, tel.metrics_port)
         await self.models.refresh()
         await self._set_health()
         # Full garbage collections only when idle (or overdue): see server.api.collector.
@@ -99,6 +107,34 @@ class Gateway:
         self._rules_task = (asyncio.create_task(self.rules.watch(self.settings.rules.reload_interval_s))
                             if self.settings.rules.path else None)
         return self.port
+
+    def _register_metrics(self) -> None:
+        """What the metrics endpoint reads at each scrape (numbers only: it reads from its own thread)."""
+        m, p = self.metrics, self.pipeline
+        for name, cache in (("score_cache", lambda: p.score_cache), ("item_cache", lambda: self.item_cache)):
+            m.observe(f"rerankd.{name}.hits", lambda c=cache: c().hits, kind="counter",
+                      description=f"{name.replace('_', ' ')} lookups answered from the cache")
+            m.observe(f"rerankd.{name}.misses", lambda c=cache: c().misses, kind="counter",
+                      description=f"{name.replace('_', ' ')} lookups that missed")
+            m.observe(f"rerankd.{name}.hit_ratio", lambda c=cache: c().stats()["hit_rate"],
+                      description=f"{name.replace('_', ' ')} hits / lookups since start")
+            m.observe(f"rerankd.{name}.entries", lambda c=cache: c().stats()["size"],
+                      description=f"entries in the {name.replace('_', ' ')}")
+        m.observe("rerankd.in_flight", lambda: p.admission.in_flight, description="Requests in the pipeline now")
+        m.observe("rerankd.admission.rejected", lambda: p.admission.rejected, kind="counter",
+                  description="Requests refused at the in-flight limit (RESOURCE_EXHAUSTED)")
+        m.observe("rerankd.triton.open_calls", lambda: self.scorer.open_calls,
+                  description="Inference calls open on the channel to Triton")
+        m.observe("rerankd.triton.abandoned_calls", lambda: self.scorer.abandoned_calls,
+                  description="Inference calls past their caller's deadline, still running in Triton")
+        m.observe("rerankd.model.serving", self._serving,
+                  description="1 with the served model version as labels; 0 while no version is ready")
+
+    def _serving(self) -> list[tuple[float, dict[str, str]]]:
+        current = self.models.current  # read once: the watcher may swap it meanwhile
+        if current is None:
+            return [(0.0, {"model": self.settings.triton.model_name, "version": ""})]
+        return [(1.0, {"model": current.name, "version": current.version})]
 
     async def _set_health(self) -> None:
         status = (health_pb2.HealthCheckResponse.SERVING if self.models.current is not None
@@ -129,6 +165,7 @@ class Gateway:
         await self.scorer.close()
         await self.store.close()
         self.telemetry.shutdown()
+        self.metrics.shutdown()
 
     async def wait(self) -> None:
         await self.server.wait_for_termination()

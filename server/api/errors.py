@@ -3,8 +3,10 @@ it (and opens the RPC's trace span, joined to the caller's ``traceparent``)."""
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
+import time
 import uuid
 
 import grpc
@@ -39,24 +41,36 @@ def grpc_errors(method):
     The servicer's ``telemetry`` opens a SERVER span per call in the caller's trace.
     """
 
+    name = method.__name__
+
     @functools.wraps(method)
     async def wrapper(self, request, context: grpc.aio.ServicerContext):
+        t0 = time.perf_counter()
         request_id = request_id_of(context)
-        telemetry = self.telemetry
+        telemetry, metrics = self.telemetry, self.metrics
+        code = "OK"
         with telemetry.tracer.start_as_current_span(
-                f"rerank.v1.Reranker/{method.__name__}", kind=SpanKind.SERVER,
+                f"rerank.v1.Reranker/{name}", kind=SpanKind.SERVER,
                 context=telemetry.extract(context.invocation_metadata())) as span:
             span.set_attribute("rerank.request_id", request_id)
             try:
                 return await method(self, request, context, request_id)
             except RerankdError as exc:
                 span.set_status(Status(StatusCode.ERROR, exc.status))
-                await context.abort(STATUS_BY_NAME.get(exc.status, grpc.StatusCode.INTERNAL), str(exc))
-            except grpc.aio.AbortError:
+                code = exc.status if exc.status in STATUS_BY_NAME else "INTERNAL"
+                await context.abort(STATUS_BY_NAME[code], str(exc))
+            except grpc.aio.AbortError:  # the method aborted with a status of its own
+                code = getattr(context.code(), "name", "UNKNOWN")
+                raise
+            except asyncio.CancelledError:  # the caller went away (or its deadline passed)
+                code = "CANCELLED"
                 raise
             except Exception:
                 span.set_status(Status(StatusCode.ERROR, "INTERNAL"))
-                log.exception("internal error in %s (request id %s)", method.__name__, request_id)
+                log.exception("internal error in %s (request id %s)", name, request_id)
+                code = "INTERNAL"
                 await context.abort(grpc.StatusCode.INTERNAL, f"internal error (request id {request_id})")
+            finally:
+                metrics.rpc_done(name, code, time.perf_counter() - t0)
 
     return wrapper

@@ -11,19 +11,23 @@ from server.api.errors import grpc_errors
 from server.api.pb import reranker_pb2 as pb
 from server.api.pb import reranker_pb2_grpc as pb_grpc
 from server.core.pipeline import Pipeline
+from server.metrics import Metrics
 from server.telemetry import Telemetry
 
 
 class RerankerServicer(pb_grpc.RerankerServicer):
-    def __init__(self, pipeline: Pipeline, telemetry: Telemetry):
+    def __init__(self, pipeline: Pipeline, telemetry: Telemetry, metrics: Metrics | None = None):
         self.pipeline = pipeline
         self.telemetry = telemetry
+        self.metrics = metrics or Metrics(False)
 
     @grpc_errors
     async def Rerank(self, request, context: grpc.aio.ServicerContext, request_id: str):
         t0 = time.perf_counter()
         req = convert.rerank_request(request, request_id=request_id, timeout_s=context.time_remaining())
-        resp = convert.rerank_response(await self.pipeline.rerank(req))
+        result = await self.pipeline.rerank(req)
+        self.metrics.stages(result.timings_ms)
+        resp = convert.rerank_response(result)
         # "handler": this method, conversions included; the caller's latency minus it is the
         # transport (both gRPC stacks and the network).
         resp.timings.add(stage="handler", ms=(time.perf_counter() - t0) * 1000.0)
