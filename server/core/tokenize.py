@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from itertools import chain
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,8 @@ from tokenizers import Tokenizer
 from server.core.model_spec import ModelSpec
 
 log = logging.getLogger(__name__)
+
+_I64 = np.dtype(np.int64).itemsize  # bytes per cached token id
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,54 @@ def _derive_template(tok: Tokenizer) -> _Template | None:
                      tuple(types[:i]), tuple(types[i + 1:j]), tuple(types[j + 1:]), types[i], types[j])
 
 
+@dataclass(frozen=True)
+class _JoinLayout:
+    """Pairs that fit whole, assembled by joining bytes: each row of ``input_ids`` is
+    prefix + user + middle + item + suffix + padding, so the whole matrix is one
+    ``b"".join`` of cached pieces (no per-token work, a few numpy calls per request). Only for
+    templates whose segment ids are one value up to the item and another from it on (BERT's
+    0/1; 0/0 for models without segments); others take the general path."""
+
+    prefix: bytes  # the template's special tokens, int64 bytes
+    middle: bytes
+    suffix: bytes
+    pad: bytes  # pad ids, as long as the longest row
+    type_first: int
+    type_second: int
+
+    @classmethod
+    def of(cls, tpl: _Template | None, pad_id: int, max_len: int) -> "_JoinLayout | None":
+        if tpl is None:
+            return None
+        first = {*tpl.prefix_types, tpl.type_a, *tpl.middle_types}
+        second = {tpl.type_b, *tpl.suffix_types}
+        if len(first) != 1 or len(second) != 1:
+            return None
+        as_bytes = lambda ids: np.asarray(ids, dtype=np.int64).tobytes()  # noqa: E731
+        return cls(as_bytes(tpl.prefix), as_bytes(tpl.middle), as_bytes(tpl.suffix),
+                   np.full(max_len, pad_id, dtype=np.int64).tobytes(), first.pop(), second.pop())
+
+    def assemble(self, user: bytes, items: list[bytes], item_lens: np.ndarray, bucket_for) -> dict[str, np.ndarray]:
+        head = self.prefix + user + self.middle
+        n_head = len(head) // _I64  # tokens before the item
+        fixed = len(head) + len(self.suffix)
+        n = len(items)
+        seq_len = bucket_for(fixed // _I64 + int(item_lens.max()))
+        row, pad = seq_len * _I64, self.pad
+        parts: list[bytes] = []
+        for it in items:
+            parts += (head, it, self.suffix, pad[:row - fixed - len(it)])
+        ids = np.frombuffer(bytearray().join(parts), dtype=np.int64).reshape(n, seq_len)  # writable
+        lens = (fixed // _I64 + item_lens)[:, None]
+        cols = np.arange(seq_len)
+        attended = cols < lens
+        if self.type_first == 0 and self.type_second == 1:  # BERT
+            types = (attended & (cols >= n_head)).astype(np.int64)
+        else:
+            types = np.where(cols < n_head, self.type_first, np.where(attended, self.type_second, 0))
+        return {"input_ids": ids, "attention_mask": attended.astype(np.int64), "token_type_ids": types}
+
+
 class PairTokenizer:
     """Encodes (user text, item text) pairs exactly as the model was trained on them."""
 
@@ -109,10 +158,11 @@ class PairTokenizer:
         self._pieces = Tokenizer.from_str(tokenizer.to_str())
         self._pieces.no_truncation()
         self._pad_id = tokenizer.token_to_id("[PAD]") or 0
-        self._cache: OrderedDict[str, tuple[int, ...]] = OrderedDict()
+        self._cache: OrderedDict[str, bytes] = OrderedDict()  # text -> its ids, int64 bytes
         self._cache_size = cache_size
         self.hits = self.misses = 0
         self._template = _derive_template(tokenizer)
+        self._join = _JoinLayout.of(self._template, self._pad_id, max(max(spec.seq_buckets), spec.max_seq_len))
         if self._template is not None and not self._self_check():
             log.warning("tokenizer template not reproducible: falling back to per-pair encoding")
             self._template = None
@@ -122,9 +172,9 @@ class PairTokenizer:
         return cls(Tokenizer.from_file(str(path)), spec)
 
     # -- pieces ----------------------------------------------------------------------
-    def _ids(self, texts: Sequence[str]) -> list[tuple[int, ...]]:
-        """Ids without special tokens, through the bounded cache."""
-        out: list[tuple[int, ...] | None] = []
+    def _ids(self, texts: Sequence[str]) -> list[bytes]:
+        """Ids without special tokens (native int64 bytes), through the bounded cache."""
+        out: list[bytes | None] = []
         missing: dict[str, None] = {}
         get, touch = self._cache.get, self._cache.move_to_end  # bound once: runs per candidate
         for t in texts:
@@ -143,9 +193,10 @@ class PairTokenizer:
             encs = (self._pieces.encode_batch(texts_, add_special_tokens=False) if len(texts_) > 8
                     else [self._pieces.encode(t, add_special_tokens=False) for t in texts_])
             for t, enc in zip(texts_, encs):
-                # A tuple of ints: the garbage collector stops tracking it, so a large cache
-                # does not lengthen full collections (a p99 cost in a long-running gateway).
-                self._cache[t] = tuple(enc.ids)
+                # Flat int64 bytes: rows are assembled by joining them (see ``_JoinLayout``),
+                # and bytes are not tracked by the garbage collector, so a large cache does
+                # not lengthen full collections (a p99 cost in a long-running gateway).
+                self._cache[t] = np.asarray(enc.ids, dtype=np.int64).tobytes()
             while len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
         self.hits += len(texts) - len(missing)
@@ -175,12 +226,17 @@ class PairTokenizer:
         over tokens): prefix, user[:a], middle, item[:b], suffix per row."""
         tpl = self._template
         p, m, s = len(tpl.prefix), len(tpl.middle), len(tpl.suffix)
-        user = self._ids([user_text])[0]
-        items = self._ids(item_texts)
-        n = len(items)
-        n2 = np.fromiter(map(len, items), dtype=np.int64, count=n)
+        user_b = self._ids([user_text])[0]
+        items_b = self._ids(item_texts)
+        n = len(items_b)
+        n2 = np.fromiter(map(len, items_b), dtype=np.int64, count=n) // _I64
         budget = self.spec.max_seq_len - tpl.n_special
-        if n and len(user) + int(n2.max()) <= budget:  # the usual case: every pair fits whole
+        fits = n and len(user_b) // _I64 + int(n2.max()) <= budget  # the usual case
+        if fits and self._join is not None:
+            return self._join.assemble(user_b, items_b, n2, self.spec.bucket_for)
+        user = np.frombuffer(user_b, dtype=np.int64)
+        items = [np.frombuffer(x, dtype=np.int64) for x in items_b]
+        if fits:
             a, b = np.full(n, len(user), dtype=np.int64), n2
             user_lengths = (len(user),)
         else:
@@ -202,7 +258,7 @@ class PairTokenizer:
             row_of = np.repeat(np.arange(n), b)
             cols = np.repeat(starts - (np.cumsum(b) - b), b) + np.arange(total)
             pieces = items if (b == n2).all() else [x[:k] for x, k in zip(items, b.tolist())]
-            ids[row_of, cols] = np.fromiter(chain.from_iterable(pieces), dtype=np.int64, count=total)
+            ids[row_of, cols] = np.concatenate(pieces)
             types[row_of, cols] = tpl.type_b
         end, every = starts + b, np.arange(n)
         for k in range(s):

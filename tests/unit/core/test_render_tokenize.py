@@ -69,6 +69,7 @@ def test_cached_assembly_equals_plain_tokenizer_encoding(tokenizer_path):
     spec = ModelSpec(seq_buckets=(16, 32, 64))
     tok = PairTokenizer.from_file(tokenizer_path, spec)
     assert tok._template is not None  # BERT's template is reproduced, not the fallback
+    assert tok._join is not None  # and pairs that fit are joined from cached bytes
     for _ in range(30):
         user = " ".join(rng.choice(words) for _ in range(rng.randint(0, 60)))
         items = [" ".join(rng.choice(words) for _ in range(rng.randint(0, 40))) for _ in range(5)]
@@ -80,9 +81,33 @@ def test_cached_assembly_equals_plain_tokenizer_encoding(tokenizer_path):
             assert batch.arrays["input_ids"][row, :lengths[row]].tolist() == ids
             assert batch.arrays["token_type_ids"][row, :lengths[row]].tolist() == refs[row].type_ids
             assert not batch.arrays["input_ids"][row, lengths[row]:].any()  # [PAD] is 0 in BERT
+            assert not batch.arrays["token_type_ids"][row, lengths[row]:].any()
+            assert batch.arrays["attention_mask"][row].tolist() == [1] * lengths[row] + [0] * (
+                batch.seq_len - lengths[row])
     hits = tok.hits
     tok.encode("user", ["same item"] * 3)
     assert tok.hits > hits  # repeated texts come from the cache
+
+
+def test_joined_rows_equal_the_scattered_assembly(tokenizer_path):
+    """The bytes-join path (pairs that fit) gives the general numpy path's arrays exactly."""
+    import random
+
+    import numpy as np
+
+    rng = random.Random(1)
+    words = ["toy", "story", "(1995)", "drama", "über", "x-men:", "|", "genres:", "a", "film"]
+    joined = PairTokenizer.from_file(tokenizer_path, ModelSpec(seq_buckets=(16, 32, 64, 128)))
+    scattered = PairTokenizer.from_file(tokenizer_path, ModelSpec(seq_buckets=(16, 32, 64, 128)))
+    scattered._join = None
+    for _ in range(40):
+        user = " ".join(rng.choice(words) for _ in range(rng.randint(0, 20)))
+        items = [" ".join(rng.choice(words) for _ in range(rng.randint(0, 25))) for _ in range(rng.randint(1, 30))]
+        a, b = joined.encode(user, items), scattered.encode(user, items)
+        assert a.seq_len == b.seq_len
+        for name in b.arrays:
+            assert a.arrays[name].dtype == np.int64 and a.arrays[name].flags.writeable
+            np.testing.assert_array_equal(a.arrays[name], b.arrays[name])
 
 
 def test_vectorized_truncation_equals_the_scalar_rule():
