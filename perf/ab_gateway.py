@@ -87,7 +87,7 @@ def main(argv=None) -> int:
     from server.triton.install import ensure_triton
     from server.triton.launcher import TritonPorts, TritonServer, free_port
 
-    out = args.out
+    out = args.out.resolve()  # the base gateway runs in its worktree: relative paths would miss
     (out / "logs").mkdir(parents=True, exist_ok=True)
     version_dir = PROJECT_ROOT / "model_repository" / MODEL / args.model_version
     engine = args.engine or Manifest.read(version_dir / "manifest.json").engine or "onnxruntime"
