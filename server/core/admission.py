@@ -26,16 +26,11 @@ class Admission:
         self.rejected = 0
         self._backlog = backlog
 
-    @property
-    def backlog(self) -> int:
-        return self._backlog() if self._backlog is not None else 0
-
     @contextmanager
     def slot(self):
-        if self.in_flight >= self.limit or (self._backlog is not None
-                                            and self.in_flight + self._backlog() >= self.limit):
+        behind = self._backlog() if self._backlog is not None else 0
+        if self.in_flight + behind >= self.limit:
             self.rejected += 1
-            behind = self.backlog
             detail = f" ({behind} abandoned inference calls still running)" if behind else ""
             raise Overloaded(f"gateway is at its limit of {self.limit} requests in flight{detail}; retry later")
         self.in_flight += 1
