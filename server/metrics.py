@@ -37,7 +37,6 @@ class Metrics:
         self.stage_ms: Counter[str] = Counter()  # stage -> total ms
         self.stage_calls: Counter[str] = Counter()
         self._server = None
-        self._thread = None
         self._provider = None
         self._duration = None
         self._broken: set[str] = set()
@@ -123,7 +122,7 @@ class Metrics:
         from prometheus_client import start_http_server
 
         try:
-            self._server, self._thread = start_http_server(port, addr=host, registry=self.registry)
+            self._server, _ = start_http_server(port, addr=host, registry=self.registry)  # (server, thread)
         except OSError as exc:
             log.error("metrics endpoint %s:%s not started: %s (the gateway serves without it)", host, port, exc)
             return None
