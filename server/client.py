@@ -70,10 +70,12 @@ def _rerank(stub, pb, args):
         print(json.dumps(MessageToDict(resp), indent=2))
         return
     print(f"model {resp.model_name} version {resp.model_version}  (request {resp.request_id}, {wall_ms:.1f} ms)")
-    print(f"{'rank':>4}  {'item':<16} {'score':>9}")
+    # "from": how the model read the item, its trained ID token or its text only (a cold item).
+    source = {pb.SCORED_FROM_ID_TOKEN: "token", pb.SCORED_FROM_TEXT: "text"}
+    print(f"{'rank':>4}  {'item':<16} {'score':>9}  from")
     for it in resp.items:
         flag = "  (not in catalog: unscored)" if it.unscored else ""
-        print(f"{it.rank:>4}  {it.item_id:<16} {it.score:>9.4f}{flag}")
+        print(f"{it.rank:>4}  {it.item_id:<16} {it.score:>9.4f}  {source.get(it.scored_from, '-'):<5}{flag}")
         if it.HasField("explanation"):
             e = it.explanation
             steps = " ".join(f"{a.rule} {a.delta:+.4f}" for a in e.adjustments)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 
 # Not frozen (read-only by convention): frozen dataclasses cost 3x as much to build, and a
@@ -34,6 +35,15 @@ class RerankRequest:
     timeout_s: float | None = None
 
 
+class ScoredFrom(StrEnum):
+    """How the model read an item: its trained ID token (``[i50]``), or its text only because
+    the served version has no token for it (a cold item)."""
+
+    UNSPECIFIED = ""  # not scored
+    ID_TOKEN = "id_token"
+    TEXT = "text"
+
+
 @dataclass(frozen=True, slots=True)
 class Explanation:
     """``final_score == model_score + sum(delta for _, delta in adjustments)`` (float64)."""
@@ -43,6 +53,7 @@ class Explanation:
     adjustments: tuple[tuple[str, float], ...]
     final_score: float
     notes: tuple[tuple[str, str], ...] = ()
+    scored_from: ScoredFrom = ScoredFrom.UNSPECIFIED
 
 
 @dataclass(slots=True)
@@ -52,6 +63,7 @@ class ScoredItem:
     rank: int = 0
     model_score: float = 0.0
     unscored: bool = False
+    scored_from: ScoredFrom = ScoredFrom.UNSPECIFIED
     explanation: Explanation | None = None
 
 

@@ -5,7 +5,19 @@ from __future__ import annotations
 import time
 
 from server.api.pb import reranker_pb2 as pb
-from server.types import Candidate, Event, Explanation, Item, RequestContext, RerankRequest, RerankResponse
+from server.types import (
+    Candidate,
+    Event,
+    Explanation,
+    Item,
+    RequestContext,
+    RerankRequest,
+    RerankResponse,
+    ScoredFrom,
+)
+
+SCORED_FROM = {ScoredFrom.UNSPECIFIED: pb.SCORED_FROM_UNSPECIFIED, ScoredFrom.ID_TOKEN: pb.SCORED_FROM_ID_TOKEN,
+               ScoredFrom.TEXT: pb.SCORED_FROM_TEXT}
 
 
 def rerank_request(msg, *, request_id: str, timeout_s: float | None) -> RerankRequest:
@@ -30,7 +42,7 @@ def explanation(e: Explanation | None):
     return pb.Explanation(
         model_score=e.model_score, retrieval_score=e.retrieval_score, final_score=e.final_score,
         adjustments=[pb.Adjustment(rule=r, delta=d) for r, d in e.adjustments],
-        notes=[pb.RuleNote(rule=r, text=t) for r, t in e.notes])
+        notes=[pb.RuleNote(rule=r, text=t) for r, t in e.notes], scored_from=SCORED_FROM[e.scored_from])
 
 
 def rerank_response(resp: RerankResponse):
@@ -38,12 +50,14 @@ def rerank_response(resp: RerankResponse):
                             request_id=resp.request_id)
     # items.add(...) builds each message in place: ~40% cheaper than a list of messages.
     add = out.items.add
+    sf = SCORED_FROM
     for i in resp.items:
         if i.explanation is None:
-            add(item_id=i.item_id, score=i.score, rank=i.rank, model_score=i.model_score, unscored=i.unscored)
+            add(item_id=i.item_id, score=i.score, rank=i.rank, model_score=i.model_score, unscored=i.unscored,
+                scored_from=sf[i.scored_from])
         else:
             add(item_id=i.item_id, score=i.score, rank=i.rank, model_score=i.model_score,
-                unscored=i.unscored, explanation=explanation(i.explanation))
+                unscored=i.unscored, scored_from=sf[i.scored_from], explanation=explanation(i.explanation))
     out.timings.extend(pb.StageTiming(stage=k, ms=v) for k, v in resp.timings_ms.items())
     out.filtered.extend(pb.FilteredItem(item_id=i, rule=r) for i, r in resp.filtered)
     return out

@@ -15,7 +15,7 @@ import numpy as np
 
 from server.rules.config import EMPTY_RULE_SET, RuleSet
 from server.rules.engine import blend_columns
-from server.types import ScoredItem
+from server.types import ScoredFrom, ScoredItem
 
 
 def orders_by_score_only(ruleset: RuleSet | None) -> bool:
@@ -26,11 +26,13 @@ def orders_by_score_only(ruleset: RuleSet | None) -> bool:
 
 
 def rank_by_score(ruleset: RuleSet | None, item_ids: Sequence[str], model_scores: np.ndarray,
-                  scored: np.ndarray, retrieval_scores: np.ndarray, top_n: int = 0) -> list[ScoredItem] | None:
+                  scored: np.ndarray, retrieval_scores: np.ndarray, top_n: int = 0,
+                  scored_from: Sequence[ScoredFrom] | None = None) -> list[ScoredItem] | None:
     """The ranked response items for a rule set where ``orders_by_score_only`` holds.
 
     ``model_scores`` float64 (any value where not ``scored``), ``retrieval_scores`` float64 with
-    NaN for "none". Returns None when ``item_ids`` repeat (the engine keeps the first of each).
+    NaN for "none", ``scored_from`` per item how the model read it (None: all unspecified).
+    Returns None when ``item_ids`` repeat (the engine keeps the first of each).
     """
     n = len(item_ids)
     if len(set(item_ids)) != n:
@@ -57,6 +59,7 @@ def rank_by_score(ruleset: RuleSet | None, item_ids: Sequence[str], model_scores
     if top_n > 0:
         order = order[:top_n]
     finals, models, unscored = final.tolist(), model.tolist(), tier.tolist()
-    # Positional (item_id, score, rank, model_score, unscored): keywords cost 2x.
-    return [ScoredItem(item_ids[i], finals[i], pos, models[i], unscored[i])
+    froms = scored_from if scored_from is not None else [ScoredFrom.UNSPECIFIED] * n
+    # Positional (item_id, score, rank, model_score, unscored, scored_from): keywords cost 2x.
+    return [ScoredItem(item_ids[i], finals[i], pos, models[i], unscored[i], froms[i])
             for pos, i in enumerate(order, 1)]

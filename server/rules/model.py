@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from server.types import Candidate, Explanation, Item, ScoredItem
+from server.types import Candidate, Explanation, Item, ScoredFrom, ScoredItem
 
 
 @dataclass(slots=True)
@@ -16,6 +16,7 @@ class RuleCandidate:
     ``attributes`` are the catalog attributes (multi-valued ones pipe-separated,
     ``"Action|Comedy"``); ``scored`` is False when the model could not score the item
     (not in the catalog and no text): such items always go after every scored one.
+    ``scored_from`` says how the model read the item; the rules only pass it on.
     """
 
     item_id: str
@@ -23,16 +24,19 @@ class RuleCandidate:
     retrieval_score: float | None = None
     attributes: Mapping[str, str] = field(default_factory=dict)
     scored: bool = True
+    scored_from: ScoredFrom = ScoredFrom.UNSPECIFIED
 
     @classmethod
-    def of(cls, candidate: Candidate, item: Item | None, model_score: float | None) -> RuleCandidate:
-        """From the pipeline's pieces: ``model_score`` None means the model did not score it."""
+    def of(cls, candidate: Candidate, item: Item | None, model_score: float | None,
+           scored_from: ScoredFrom = ScoredFrom.UNSPECIFIED) -> RuleCandidate:
+        """From the pipeline's pieces: ``model_score`` None means the model did not score it
+        (and ``scored_from`` is then ignored: unspecified)."""
         # Positional: keyword arguments cost 2x here, and the gateway builds one per candidate.
         if model_score is None:
             return cls(candidate.item_id, 0.0, candidate.retrieval_score,
                        item.attributes if item is not None else {}, False)
         return cls(candidate.item_id, float(model_score), candidate.retrieval_score,
-                   item.attributes if item is not None else {}, True)
+                   item.attributes if item is not None else {}, True, scored_from)
 
 
 @dataclass(slots=True)
@@ -54,6 +58,7 @@ class RankedItem:
     position: int
     scored: bool = True
     notes: list[tuple[str, str]] = field(default_factory=list)
+    scored_from: ScoredFrom = ScoredFrom.UNSPECIFIED
 
     def explanation(self) -> dict:
         """The explanation as plain data (what ``explain`` returns for this item)."""
@@ -64,6 +69,7 @@ class RankedItem:
             "final_score": self.final_score,
             "position": self.position,
             "scored": self.scored,
+            "scored_from": self.scored_from.value,
             "notes": [{"rule": r, "note": n} for r, n in self.notes],
         }
 
@@ -91,7 +97,7 @@ class RulesOutcome:
             self._items = [
                 RankedItem(item_id=e.c.item_id, final_score=e.final, model_score=e.c.model_score,
                            retrieval_score=e.c.retrieval_score, adjustments=e.adj, position=pos,
-                           scored=e.c.scored, notes=e.notes or [])
+                           scored=e.c.scored, notes=e.notes or [], scored_from=e.c.scored_from)
                 for pos, e in enumerate(self._ordered, 1)
             ]
         return self._items
@@ -111,11 +117,11 @@ class RulesOutcome:
         if explain:
             return [
                 ScoredItem(item_id=it.item_id, score=it.final_score, rank=it.position,
-                           model_score=it.model_score, unscored=not it.scored,
+                           model_score=it.model_score, unscored=not it.scored, scored_from=it.scored_from,
                            explanation=Explanation(it.model_score, it.retrieval_score, tuple(it.adjustments),
-                                                   it.final_score, tuple(it.notes)))
+                                                   it.final_score, tuple(it.notes), it.scored_from))
                 for it in self.items
             ]
-        # Positional (item_id, score, rank, model_score, unscored): keywords cost 2x.
-        return [ScoredItem(e.c.item_id, e.final, pos, e.c.model_score, not e.c.scored)
+        # Positional (item_id, score, rank, model_score, unscored, scored_from): keywords cost 2x.
+        return [ScoredItem(e.c.item_id, e.final, pos, e.c.model_score, not e.c.scored, e.c.scored_from)
                 for pos, e in enumerate(self._ordered, 1)]

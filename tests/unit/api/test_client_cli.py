@@ -10,3 +10,20 @@ def test_addr_and_timeout_are_accepted_on_either_side_of_the_subcommand():
     default = p.parse_args(["client", "health"])
     assert (after.addr, after.timeout) == (before.addr, before.timeout) == ("h:1", 3.0)
     assert default.addr == "127.0.0.1:50051" and default.timeout == 10.0
+
+
+def test_rerank_prints_whether_each_item_was_read_from_its_token_or_text(capsys):
+    from server.api.pb import reranker_pb2 as pb
+    from server.client import _rerank
+
+    class Stub:
+        def Rerank(self, req, timeout):
+            return pb.RerankResponse(model_name="reranker", model_version="3", items=[
+                pb.ScoredItem(item_id="50", rank=1, score=2.0, scored_from=pb.SCORED_FROM_ID_TOKEN),
+                pb.ScoredItem(item_id="new-1", rank=2, score=1.0, scored_from=pb.SCORED_FROM_TEXT),
+                pb.ScoredItem(item_id="ghost", rank=3, unscored=True)])
+
+    args = build_parser().parse_args(["client", "rerank", "--user", "1", "--items", "50,new-1,ghost"])
+    _rerank(Stub(), pb, args)
+    rows = {line.split()[1]: line.split()[3] for line in capsys.readouterr().out.splitlines()[2:5]}
+    assert rows == {"50": "token", "new-1": "text", "ghost": "-"}

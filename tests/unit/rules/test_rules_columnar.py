@@ -11,6 +11,7 @@ import pytest
 from server.rules import RuleCandidate, RuleSet, apply_rules
 from server.rules.columnar import orders_by_score_only, rank_by_score
 from server.rules.config import Blend, Boost, Pin
+from server.types import ScoredFrom
 
 BLENDS = [None, Blend(), Blend(model_weight=0.5, retrieval_weight=1.0),
           Blend(model_normalize="none", retrieval_normalize="minmax", retrieval_weight=2.0, missing_retrieval=0.3),
@@ -23,7 +24,8 @@ def _same(a, b) -> bool:
 
 
 def _rows(items):
-    return [(it.item_id, it.score, it.rank, it.model_score, it.unscored, it.explanation) for it in items]
+    return [(it.item_id, it.score, it.rank, it.model_score, it.unscored, it.scored_from, it.explanation)
+            for it in items]
 
 
 def _case(rng: random.Random):
@@ -36,20 +38,22 @@ def _case(rng: random.Random):
     scored = [rng.random() > 0.1 for _ in range(n)]
     retr = [None if rng.random() < 0.2 else (float(rng.randint(0, 2)) if ties else rng.uniform(0, 10))
             for _ in range(n)]
-    return ids, model, scored, retr
+    froms = [rng.choice([ScoredFrom.ID_TOKEN, ScoredFrom.TEXT]) if s else ScoredFrom.UNSPECIFIED for s in scored]
+    return ids, model, scored, retr, froms
 
 
 @pytest.mark.parametrize("seed", range(40))
 def test_same_items_scores_and_order_as_the_engine(seed):
     rng = random.Random(seed)
     for blend in BLENDS:
-        ids, model, scored, retr = _case(rng)
+        ids, model, scored, retr, froms = _case(rng)
         top_n = rng.choice([0, 0, 1, 5, 200])
         rs = RuleSet(blend=blend)
-        cands = [RuleCandidate(i, m if s else 0.0, r, {}, s) for i, m, s, r in zip(ids, model, scored, retr)]
+        cands = [RuleCandidate(i, m if s else 0.0, r, {}, s, f)
+                 for i, m, s, r, f in zip(ids, model, scored, retr, froms)]
         expected = apply_rules(rs, cands, now=0.0, top_n=top_n).to_scored_items()
         got = rank_by_score(rs, ids, np.array(model, dtype=np.float64), np.array(scored, dtype=bool),
-                            np.array(retr, dtype=np.float64), top_n)
+                            np.array(retr, dtype=np.float64), top_n, froms)
         assert len(got) == len(expected)
         for g, e in zip(_rows(got), _rows(expected)):
             assert all(_same(x, y) for x, y in zip(g, e)), (blend, g, e)

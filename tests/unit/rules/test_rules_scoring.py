@@ -122,11 +122,11 @@ def test_nan_scores_sort_last_deterministically():
 
 
 def test_outcome_to_response_items_and_candidate_helper():
-    from server.types import Candidate, Item
+    from server.types import Candidate, Item, ScoredFrom
 
     cands = [
-        RuleCandidate.of(Candidate("a", 0.5), Item("a", attributes={"g": "A"}), 2.0),
-        RuleCandidate.of(Candidate("cold"), None, None),
+        RuleCandidate.of(Candidate("a", 0.5), Item("a", attributes={"g": "A"}), 2.0, ScoredFrom.ID_TOKEN),
+        RuleCandidate.of(Candidate("cold"), None, None, ScoredFrom.TEXT),  # not scored: unspecified
     ]
     assert cands[1].scored is False and cands[1].attributes == {} and cands[0].retrieval_score == 0.5
     out = run({"boosts": [{"name": "b", "when": {"attribute": "g", "equals": "A"}, "add": 1}]}, cands)
@@ -135,3 +135,7 @@ def test_outcome_to_response_items_and_candidate_helper():
     assert items[0].explanation.adjustments == (("b", 1.0),)
     assert items[0].explanation.final_score == 3.0 and items[0].explanation.retrieval_score == 0.5
     assert out.to_scored_items()[0].explanation is None
+    sources = [ScoredFrom.ID_TOKEN, ScoredFrom.UNSPECIFIED]
+    assert [i.scored_from for i in items] == [i.explanation.scored_from for i in items] == sources
+    assert [i.scored_from for i in out.to_scored_items()] == sources
+    assert [it.explanation()["scored_from"] for it in out.items] == ["id_token", ""]
