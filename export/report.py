@@ -48,6 +48,13 @@ def markdown(rep) -> str:
         r, f, mo, ra, po = (orders[o]["ndcg@10"] for o in ("retriever", "final", "model", "random", "pop"))
         lines += ["", f"NDCG@10: final {f:.4f} / retriever {r:.4f} = {_ratio(f, r)}; final vs Pop: {f:.4f} vs "
                       f"{po:.4f}; model alone {mo:.4f} / random {ra:.4f} = {_ratio(mo, ra)}", ""]
+    if "gru4rec" in info:
+        g = info["gru4rec"]
+        final = next(iter(d["metrics"].values()))["final"]["ndcg@10"]
+        lines += ["## Reference: a sequential recommender ranking all items", "",
+                  f"GRU4Rec ({g['epochs']} epochs, {g['train_seconds']} s, trained on the same split, every "
+                  f"item ranked, history masked): NDCG@10 {g['ndcg@10']:.4f}, HR@10 {g['hr@10']:.4f}. "
+                  f"Final served order / GRU4Rec: {_ratio(final, g['ndcg@10'])}.", ""]
     if "agreement" in info:
         a = info["agreement"]
         lines += ["## Served vs in-process", "",
