@@ -208,17 +208,6 @@ def blend_grid(retrieval_weights: Iterable[float]) -> list[BlendSpec]:
     return out
 
 
-def choose_blend(valid_lists: Sequence[tuple], targets: Mapping[str, str], enc, scorer,
-                 grid: Iterable[float], save_scores: Path | None = None) -> dict:
-    """Score validation lists (training encoder + scorer), then pick the blend on validation
-    NDCG@10 (ties: the earlier grid entry, i.e. the simpler / more model-weighted one)."""
-    scores = score_lists([(h, c) for _, h, c, _ in valid_lists], enc.encode_lists, scorer)
-    if save_scores is not None:
-        save_scores.write_text(json.dumps({u: [c, [float(x) for x in s], r] for (u, _, c, r), s
-                                           in zip(valid_lists, scores)}))
-    return blend_from_scores(valid_lists, scores, targets, grid)
-
-
 def blend_from_scores(valid_lists: Sequence[tuple], scores: Sequence[np.ndarray], targets: Mapping[str, str],
                       grid: Iterable[float]) -> dict:
     users = [u for u, *_ in valid_lists]
@@ -292,12 +281,20 @@ class VersionScorer:
     def encode(self, user_text: str, item_texts: Sequence[str]):
         return self.tokenizer.encode(user_text, item_texts)
 
-    def score(self, user_text: str, item_texts: Sequence[str]) -> np.ndarray:
+    def score(self, user_text: str, item_texts: Sequence[str], item_ids: Sequence[str] = ()) -> np.ndarray:
+        """Model scores as the gateway reports them: with ``item_ids``, the version's text
+        offset is added to the items it has no token for."""
+        from server.core.calibration import apply_text_offset
+
         spec = self.manifest.spec
         batch = self.encode(user_text, item_texts)
         out = [self._scorer.score(batch.rows(s, s + spec.max_batch_size)).reshape(-1)
                for s in range(0, len(batch), spec.max_batch_size)]
-        return np.concatenate(out).astype(np.float32)
+        scores = np.concatenate(out).astype(np.float32)
+        if item_ids and self.manifest.text_offset:
+            from_text = [self.renderer.item_token(i) is None for i in item_ids]
+            scores = np.asarray(apply_text_offset(scores.tolist(), from_text, self.manifest.text_offset), np.float32)
+        return scores
 
 
 def score_in_process(scorer: VersionScorer, lists: Sequence[EvalList], items: Mapping,
@@ -307,7 +304,7 @@ def score_in_process(scorer: VersionScorer, lists: Sequence[EvalList], items: Ma
     for n, el in enumerate(lists, 1):
         hist = [items[i] for i in el.history if i in items]
         user, texts = scorer.texts(hist, [items[c] for c in el.candidates], history_in_text)
-        out[el.user] = scorer.score(user, texts)
+        out[el.user] = scorer.score(user, texts, el.candidates)
         if n % 100 == 0 or n == len(lists):
             log(f"eval: in-process {n}/{len(lists)} lists ({time.monotonic() - t0:.0f}s)")
     return out
@@ -321,6 +318,8 @@ class ServedResult:
     version: str
     blended_by_gateway: bool
     seconds: float
+    # Per list, the candidates the gateway says it scored from text alone (no ID token).
+    text_scored: dict[str, set[str]] = field(default_factory=dict)
 
 
 def _prepare_repo(version_dir: Path, dest: Path) -> Path:
@@ -390,6 +389,8 @@ def score_served(addr: str, lists: Sequence[EvalList], *, rule_set: str = "", co
     final: dict[str, list[str]] = {}
     versions = set()
     blended = []
+    text_scored: dict[str, set[str]] = {}
+    from_text = reranker_pb2.SCORED_FROM_TEXT
     with grpc.insecure_channel(addr) as ch:
         stub = reranker_pb2_grpc.RerankerStub(ch)
         pending: list[tuple[EvalList, object]] = []
@@ -401,6 +402,7 @@ def score_served(addr: str, lists: Sequence[EvalList], *, rule_set: str = "", co
                 by_id = {it.item_id: it for it in resp.items}
                 model_scores[el.user] = np.array([by_id[c].model_score for c in el.candidates], np.float32)
                 final[el.user] = [it.item_id for it in resp.items]
+                text_scored[el.user] = {it.item_id for it in resp.items if it.scored_from == from_text}
                 versions.add(resp.model_version)
                 blended.append(any(abs(it.score - it.model_score) > 1e-6 for it in resp.items))
                 if len(final) % 100 == 0 or len(final) == len(lists):
@@ -417,7 +419,7 @@ def score_served(addr: str, lists: Sequence[EvalList], *, rule_set: str = "", co
     if len(versions) != 1:
         raise RuntimeError(f"the gateway answered with versions {sorted(versions)}")
     return ServedResult(model_scores, final, versions.pop(), bool(blended) and all(blended),
-                        time.monotonic() - t0)
+                        time.monotonic() - t0, text_scored)
 
 
 # -- the evaluation -----------------------------------------------------------------------------
@@ -461,8 +463,10 @@ def agreement(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray],
 def run_eval(version_dir: Path, *, split_name: str = "test", paths: Sequence[str] = ("served", "in-process"),
              blend: tuple | None = None, score_all: bool = False, users: int = 0,
              reports_dir: Path | None = None, data_dir: Path | None = None, split=None, items=None,
-             work_dir: Path | None = None, seed: int = 0, log=print) -> EvalReport:
-    """Evaluate the version in ``version_dir`` on ``split_name`` ('valid' or 'test')."""
+             work_dir: Path | None = None, seed: int = 0, gru4rec: bool = False, log=print) -> EvalReport:
+    """Evaluate the version in ``version_dir`` on ``split_name`` ('valid' or 'test'); with
+    ``gru4rec``, a GRU4Rec trained on the same split and ranking every item is the
+    reference row users ask about (``export.seqrec``; about 2 minutes)."""
     from export.data import fetch_movielens, leave_one_out, load_interactions, load_items
     from server.core.model_spec import Manifest
     from server.settings import PROJECT_ROOT
@@ -547,6 +551,13 @@ def run_eval(version_dir: Path, *, split_name: str = "test", paths: Sequence[str
         report.info["agreement"]["max_metric_diff"] = max(
             abs(report.paths["served"][o][k] - report.paths["in-process"][o][k])
             for o in ORDERS for k in report.paths["served"][o])
+    if gru4rec:
+        from export.seqrec import reference_metrics
+
+        t1 = time.monotonic()
+        report.info["gru4rec"] = reference_metrics(split, catalogue, upto)
+        log(f"eval: GRU4Rec (all items) NDCG@10 {report.info['gru4rec']['ndcg@10']:.4f} "
+            f"({time.monotonic() - t1:.0f}s)")
     if reports_dir is not None:
         from export.report import write_report
 
@@ -584,6 +595,8 @@ def main_args(args, settings) -> int:
     repo = Path(settings.triton.model_repository)
     name = settings.triton.model_name
     version_dir = repo / name / str(args.version) if args.version else latest_version_dir(repo, name)
+    if args.cold_start:
+        return _cold_start_main(args, version_dir, name)
     paths = {"both": ("served", "in-process"), "served": ("served",), "in-process": ("in-process",)}[args.path]
     blend = None
     if args.retrieval_weight is not None:
@@ -592,7 +605,32 @@ def main_args(args, settings) -> int:
     work = PROJECT_ROOT / "var" / "eval"
     work.mkdir(parents=True, exist_ok=True)
     rep = run_eval(version_dir, split_name=args.split, paths=paths, blend=blend, score_all=args.all_users,
-                   users=args.users or 0, reports_dir=reports, work_dir=work)
+                   users=args.users or 0, reports_dir=reports, work_dir=work, gru4rec=args.gru4rec)
+    for f in rep.info.get("files", []):
+        print(f"==> wrote {f}")
+    return 0
+
+
+def _cold_start_main(args, version_dir: Path, name: str) -> int:
+    """``rerankd eval --cold-start``: the protocol of ``export.coldstart``."""
+    from export.coldstart import held_out_items, run_cold_eval
+    from export.train import trained_versions
+    from server.core.model_spec import Manifest
+    from server.settings import PROJECT_ROOT
+
+    warm = Path(args.warm_dir) if args.warm_dir else None
+    if warm is None:
+        # The newest trained version of the project's repository that holds nothing out.
+        repo = PROJECT_ROOT / "model_repository"
+        for v in reversed(trained_versions(repo, name)):
+            if not held_out_items(Manifest.read(repo / name / str(v) / "manifest.json")):
+                warm = repo / name / str(v)
+                break
+    path = "in-process" if args.path == "in-process" else "served"
+    reports = Path(args.reports) if args.reports else PROJECT_ROOT / "reports"
+    work = PROJECT_ROOT / "var" / "eval"
+    work.mkdir(parents=True, exist_ok=True)
+    rep = run_cold_eval(version_dir, warm, split_name=args.split, path=path, reports_dir=reports, work_dir=work)
     for f in rep.info.get("files", []):
         print(f"==> wrote {f}")
     return 0
@@ -608,5 +646,12 @@ def add_arguments(p) -> None:
     p.add_argument("--all-users", action="store_true",
                    help="also score users whose target is not among the candidates (same metrics, slower)")
     p.add_argument("--users", type=int, help="only the first N users (a quick look)")
+    p.add_argument("--gru4rec", action="store_true",
+                   help="add the reference row: GRU4Rec trained on the same split, ranking all items (~2 min)")
+    p.add_argument("--cold-start", action="store_true",
+                   help="the cold-start protocol (export.coldstart) on a version trained with --cold-holdout")
+    p.add_argument("--warm-dir", help="with --cold-start: the version folder trained on every item, whose "
+                   "scores of the same lists are the warm reference (default: the newest such version of "
+                   "model_repository/)")
     p.add_argument("--reports", help="output folder (default reports/)")
     p.add_argument("--model-repository")

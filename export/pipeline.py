@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from export.write_repo import existing_versions, write_version
@@ -24,7 +24,7 @@ def run_export(hf_dir: Path | None, repo: Path, *, spec: ModelSpec | None = None
                backend_src: Path = DEFAULT_BACKEND_SRC, tolerance: float = 1e-3,
                training: dict | None = None, metrics: dict | None = None,
                render: dict | None = None, extra_pairs: list[tuple[str, str]] | None = None,
-               base_model: str | None = None,
+               base_model: str | None = None, item_tokens: Sequence[str] = (), text_offset: float = 0.0,
                log: Callable[[str], None] = print, engine: str = "onnxruntime",
                parameters: dict[str, str] | None = None) -> tuple[int, float]:
     """Export the Hugging Face cross-encoder in ``hf_dir`` (default: packaged MiniLM-L6) as a
@@ -93,6 +93,7 @@ def run_export(hf_dir: Path | None, repo: Path, *, spec: ModelSpec | None = None
         manifest = Manifest(
             spec=spec, base_model=base_model or describe_base_model(hf_dir), engine=engine,
             training=dict(training or {}), metrics=dict(metrics or {}), render=dict(render or {}),
+            item_tokens=list(item_tokens), text_offset=float(text_offset),
             export_check={"max_abs_diff": diff, "tolerance": tolerance, "pairs": len(pairs),
                           "opset": opset, "torch": torch.__version__,
                           "onnxruntime": onnxruntime.__version__,

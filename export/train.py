@@ -11,7 +11,13 @@ softmax cross-entropy of the positive against its negatives.
 Levers (``TrainConfig``): item-ID tokens added to the vocabulary (``[i50]``; each new
 embedding starts as the mean word-piece embedding of the item's title), a larger learning
 rate for them and the new head, how many layers of MiniLM to keep, history length,
-negatives per positive, bf16 autocast (AMX), dropout off, eager attention.
+negatives per positive, bf16 autocast, dropout off, eager attention.
+
+Cold start (``export.coldstart``): ID dropout renders a share of items as text alone, as an
+item created after training reads, so one model ranks token items and text items on one
+scale; validation then picks the version's text offset (``server.core.calibration``). With
+``cold_holdout`` a seeded share of the items is left out of training entirely, for the
+cold-start protocol.
 
 The run respects a wall-clock budget that covers everything: training stops early enough
 to leave time for the final validation pass and the export. Checkpoints are written
@@ -70,6 +76,10 @@ class TrainConfig:
     lists_per_step: int = 4         # lists (1 positive + negatives) per optimizer step
     negatives: int = 15
     hard_negatives: float = 1.0     # share of negatives drawn from the retriever's top-50
+    # Of the negatives, this many are drawn uniformly from the whole (warm) catalogue: without
+    # them the model never sees a long-tail item as a candidate, and a cold item's text could
+    # not tell it that nobody watches such films.
+    random_negatives: int = 1
     retriever_k: int = 50
     recent_positions: int = 0       # per user, train only on the last N positions (0: all)
     positives: str = "candidates"   # "all", or only positions whose positive the retriever finds
@@ -94,6 +104,15 @@ class TrainConfig:
     item_text: bool = False
     item_attributes: tuple[str, ...] = ("year", "genres")
     history_items: int = 10
+    # Cold start (export.coldstart): ID dropout renders a share of warm items without their
+    # token, as every item created after training reads, so one model learns to rank items
+    # from text and from tokens on one score scale. Candidate side and history side apart.
+    id_dropout: float = 0.15
+    history_id_dropout: float = 0.03
+    # The cold-start protocol: this share of the catalogue (seeded) is held out of training
+    # entirely: never a target, never a negative, never a token; in histories it is text.
+    cold_holdout: float = 0.0
+    cold_seed: int = 0
     # Periodic checkpoints and the final validation.
     checkpoint_every_min: float = 3.0
     valid_users: int = 0            # 0: all users (only those the retriever covers are scored)
@@ -133,26 +152,41 @@ class TrainingData:
     knn: object
     pop: list[str]
     data_dir: Path | None = None
+    # Items held out of training (the cold-start protocol); they stay in the catalogue
+    # (``items``), so histories that hold them render them as text.
+    cold: frozenset[str] = frozenset()
 
     @classmethod
-    def load(cls, folder: Path, users: Sequence[str] | None = None) -> TrainingData:
+    def load(cls, folder: Path, users: Sequence[str] | None = None, cold_holdout: float = 0.0,
+             cold_seed: int = 0) -> TrainingData:
         """MovieLens-100K from ``folder`` (``export.data.fetch_movielens``); ``users``
-        restricts it to a slice (fast tests)."""
+        restricts it to a slice (fast tests); ``cold_holdout`` holds that share of the items
+        out of training (``export.coldstart.cold_items``)."""
+        from export.coldstart import cold_items
         from export.data import leave_one_out, load_interactions, load_items
 
         interactions = load_interactions(folder)
         if users is not None:
             keep = set(users)
             interactions = [x for x in interactions if x.user_id in keep]
-        return cls.from_parts(leave_one_out(interactions), load_items(folder), data_dir=Path(folder))
+        items = load_items(folder)
+        cold = cold_items([i.item_id for i in items], cold_holdout, cold_seed)
+        return cls.from_parts(leave_one_out(interactions), items, data_dir=Path(folder), cold=cold)
 
     @classmethod
-    def from_parts(cls, split, items: Sequence[Item], data_dir: Path | None = None) -> TrainingData:
+    def from_parts(cls, split, items: Sequence[Item], data_dir: Path | None = None,
+                   cold: frozenset[str] = frozenset()) -> TrainingData:
+        from export.coldstart import warm_interactions
         from export.retriever import ItemKNNRetriever
 
-        catalogue = [i.item_id for i in items]
-        knn = ItemKNNRetriever().fit(split.interactions("valid"), items=catalogue)
-        return cls(split, {i.item_id: i for i in items}, knn, knn.pop.items, data_dir)
+        catalogue = [i.item_id for i in items if i.item_id not in cold]
+        knn = ItemKNNRetriever().fit(warm_interactions(split.interactions("valid"), cold), items=catalogue)
+        return cls(split, {i.item_id: i for i in items}, knn, knn.pop.items, data_dir, frozenset(cold))
+
+    @property
+    def warm_items(self) -> dict[str, Item]:
+        """The items training may use as targets, negatives and tokens."""
+        return {i: it for i, it in self.items.items() if i not in self.cold}
 
 
 def training_positions(split, recent_positions: int = 0) -> list[tuple[str, int]]:
@@ -174,6 +208,7 @@ class ExampleSampler:
         self.rng = random.Random(seed)
         self._seq = {u: data.split.history(u, "valid")[::-1] for u in data.split.users}
         self._seen = {u: set(s) for u, s in self._seq.items()}
+        self._catalogue = sorted(data.warm_items, key=_id_key)
 
     def example(self, user: str, t: int) -> tuple[list[str], str, list[str]] | None:
         """None when ``cfg.positives == 'candidates'`` and the positive is not among the
@@ -181,9 +216,12 @@ class ExampleSampler:
         seq = self._seq[user]
         history = seq[:t][::-1]
         positive = seq[t]
+        if positive in self.data.cold:
+            return None  # a held-out item is never a target
         seen = self._seen[user]
         k = self.cfg.negatives
-        n_hard = int(round(k * self.cfg.hard_negatives))
+        n_random = min(k, self.cfg.random_negatives)
+        n_hard = min(k - n_random, int(round(k * self.cfg.hard_negatives)))
         negatives: list[str] = []
         if n_hard or self.cfg.positives == "candidates":
             top = [i for i, _ in self.data.knn.retrieve(history, self.cfg.retriever_k)]
@@ -191,7 +229,13 @@ class ExampleSampler:
                 return None
             pool = [i for i in top if i not in seen]
             negatives = self.rng.sample(pool, min(n_hard, len(pool)))
-        taken = set(negatives) | seen
+        taken = set(negatives) | seen | {positive}
+        catalogue = self._catalogue
+        while len(negatives) < n_hard + n_random and len(taken) < len(catalogue):
+            cand = catalogue[self.rng.randrange(len(catalogue))]
+            if cand not in taken:
+                negatives.append(cand)
+                taken.add(cand)
         pop = self.data.pop
         while len(negatives) < k:
             # Popularity-weighted-ish filler: uniform over the 500 most popular items.
@@ -307,8 +351,14 @@ class _SplitEmbedding:
 
         class _Emb(nn.Module):
             def forward(self, ids):
-                w = torch.cat([split.base, split.new]) if split.new.shape[0] else split.base
-                return nn.functional.embedding(ids, w, emb.padding_idx)
+                # Two lookups and a select, not one lookup in cat([base, new]): that cat copies
+                # the whole vocabulary (tens of MB) on every forward pass.
+                if not split.new.shape[0]:
+                    return nn.functional.embedding(ids, split.base, emb.padding_idx)
+                is_new = (ids >= old_vocab).unsqueeze(-1)
+                old = nn.functional.embedding(ids.clamp(max=old_vocab - 1), split.base, emb.padding_idx)
+                added = nn.functional.embedding((ids - old_vocab).clamp(min=0), split.new)
+                return torch.where(is_new, added, old)
 
         self.module = _Emb()
         self._orig_forward = emb.forward
@@ -331,7 +381,8 @@ class TrainEncoder:
     """Renders and tokenizes lists exactly as serving does (``Renderer`` + ``PairTokenizer``),
     padded to the longest pair instead of Triton's buckets (padding does not change scores)."""
 
-    def __init__(self, tokenizer, options: RenderOptions, items: dict[str, Item], max_seq_len: int):
+    def __init__(self, tokenizer, options: RenderOptions, items: dict[str, Item], max_seq_len: int,
+                 id_dropout: float = 0.0, history_id_dropout: float = 0.0):
         from tokenizers import Tokenizer
 
         from server.core.tokenize import PairTokenizer
@@ -341,15 +392,31 @@ class TrainEncoder:
         self.pair_tokenizer = PairTokenizer(tok, ModelSpec(seq_buckets=buckets))
         self.renderer = Renderer(options, vocabulary_lookup(tok))
         self.items = items
+        self.id_dropout = id_dropout
+        self.history_id_dropout = history_id_dropout
 
-    def texts(self, history: Sequence[str], candidates: Sequence[str]) -> tuple[str, list[str]]:
+    def texts(self, history: Sequence[str], candidates: Sequence[str],
+              text_only: frozenset[str] = frozenset()) -> tuple[str, list[str]]:
+        """The served renderer's texts; items in ``text_only`` are written as cold items read."""
         r = self.renderer
-        user = r.user([self.items[i] for i in history if i in self.items], "", max_items=len(history) or 1)
-        return user, [r.item(self.items[c]) for c in candidates]
+        user = r.user([self.items[i] for i in history if i in self.items], "", max_items=len(history) or 1,
+                      text_only=text_only)
+        return user, [r.item(self.items[c], c not in text_only) for c in candidates]
 
-    def encode_lists(self, lists: Sequence[tuple[Sequence[str], Sequence[str]]]) -> dict[str, np.ndarray]:
-        """[(history, candidates)] -> arrays [sum(len(candidates)), L] padded to one length."""
-        batches = [self.pair_tokenizer.encode(*self.texts(h, c)) for h, c in lists]
+    def dropped(self, history: Sequence[str], candidates: Sequence[str], rng: random.Random) -> frozenset[str]:
+        """ID dropout: the items of one list to render without their token this time."""
+        return frozenset([c for c in candidates if rng.random() < self.id_dropout]
+                         + [h for h in history if rng.random() < self.history_id_dropout])
+
+    def encode_lists(self, lists: Sequence[tuple[Sequence[str], Sequence[str]]],
+                     rng: random.Random | None = None,
+                     text_only: Sequence[frozenset[str]] | None = None) -> dict[str, np.ndarray]:
+        """[(history, candidates)] -> arrays [sum(len(candidates)), L] padded to one length.
+        With ``rng`` (training), ID dropout applies; ``text_only`` names, per list, the items
+        to read from text; otherwise every item keeps its token."""
+        if text_only is None:
+            text_only = [self.dropped(h, c, rng) if rng else frozenset() for h, c in lists]
+        batches = [self.pair_tokenizer.encode(*self.texts(h, c, t)) for (h, c), t in zip(lists, text_only)]
         L = max(b.seq_len for b in batches)
         out = {}
         for name in batches[0].arrays:
@@ -361,6 +428,22 @@ class TrainEncoder:
                 parts.append(a)
             out[name] = np.concatenate(parts)
         return _trim(out)
+
+
+def forward_by_length(model, arrays: dict[str, np.ndarray], groups: int = 3):
+    """The model's scores [n] for padded ``arrays``, run as a few forward passes over rows
+    grouped by length, each trimmed to its longest row: with ID dropout a batch mixes short
+    token pairs with long text pairs, and one pass would pad every row to the longest."""
+    import torch
+
+    lengths = arrays["attention_mask"].sum(1)
+    order = np.argsort(lengths, kind="stable")
+    parts = [chunk for chunk in np.array_split(order, min(groups, len(order))) if len(chunk)]
+    out = [model(**{k: torch.from_numpy(v) for k, v in _trim({k: v[chunk] for k, v in arrays.items()}).items()}
+                 ).logits[:, 0] for chunk in parts]
+    scores = torch.cat(out)
+    inverse = torch.from_numpy(np.argsort(np.concatenate(parts), kind="stable"))
+    return scores[inverse]
 
 
 def _trim(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -526,7 +609,8 @@ def train(cfg: TrainConfig, data: TrainingData, *, repo: Path | None, work_dir: 
     skips the export (the fine-tuned HF folder stays in ``work_dir/final``)."""
     import torch
 
-    from export.evaluate import choose_blend, validation_candidates
+    from export.coldstart import COLD_IN_MIXED, choose_text_offset
+    from export.evaluate import blend_from_scores, score_lists, validation_candidates
 
     t_start = time.monotonic()
     deadline = t_start + cfg.budget_min * 60.0
@@ -540,9 +624,12 @@ def train(cfg: TrainConfig, data: TrainingData, *, repo: Path | None, work_dir: 
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
 
-    model, tokenizer, old_vocab = build_model(cfg, data.items, log, split=data.split)
+    # Tokens for warm items only: a held-out (cold) item must read as every new item does.
+    model, tokenizer, old_vocab = build_model(cfg, data.warm_items, log, split=data.split)
     options = cfg.render_options()
-    enc = TrainEncoder(tokenizer, options, data.items, cfg.max_seq_len)
+    enc = TrainEncoder(tokenizer, options, data.items, cfg.max_seq_len,
+                       id_dropout=cfg.id_dropout, history_id_dropout=cfg.history_id_dropout)
+    dropout_rng = random.Random(cfg.seed * 7919 + 17)
 
     split_emb = _SplitEmbedding(model, old_vocab, cfg.freeze_word_embeddings)
     base_emb, new_emb = split_emb.params()
@@ -560,7 +647,7 @@ def train(cfg: TrainConfig, data: TrainingData, *, repo: Path | None, work_dir: 
 
     from export.retriever import TransitionTeacher
 
-    teacher = (TransitionTeacher(data.split, sorted(data.items, key=_id_key), upto="valid")
+    teacher = (TransitionTeacher(data.split, sorted(data.warm_items, key=_id_key), upto="valid")
                if cfg.distill > 0 else None)
     positions = training_positions(data.split, cfg.recent_positions)
     order = list(positions)
@@ -586,6 +673,7 @@ def train(cfg: TrainConfig, data: TrainingData, *, repo: Path | None, work_dir: 
             optimizer.load_state_dict(state["optimizer"])
             step, order_pos = state["step"], state["order_pos"]
             sampler.rng = random.Random(cfg.seed * 1_000_003 + step)
+            dropout_rng = random.Random(cfg.seed * 7919 + 17 + step)
             log(f"train: resumed from {ckpt} at step {step}")
 
     # Reserve time after training for validation + export, from a measured inference speed.
@@ -601,6 +689,8 @@ def train(cfg: TrainConfig, data: TrainingData, *, repo: Path | None, work_dir: 
     else:
         infer_pps = 1000.0
     export_s = EXPORT_RESERVE_S if export and repo is not None else 0.0
+    # + the text-offset calibration: 2 x 5 extra pairs for each of up to 300 validation lists.
+    n_valid_pairs += 2 * COLD_IN_MIXED * min(300, len(valid_lists))
     reserve_s = 1.3 * n_valid_pairs / infer_pps + export_s + min(10.0, 0.05 * cfg.budget_min * 60)
     train_deadline = deadline - reserve_s
     log(f"train: {len(positions)} training positions; {per_step} lists x {1 + cfg.negatives} pairs a step; "
@@ -638,7 +728,7 @@ def train(cfg: TrainConfig, data: TrainingData, *, repo: Path | None, work_dir: 
                 lists.append((history[:cfg.history_items], [pos] + negs))
         if not lists:
             raise RuntimeError("no training example: no positive is among the retriever's candidates")
-        arrays = enc.encode_lists(lists)
+        arrays = enc.encode_lists(lists, dropout_rng)
         warm = min(1.0, (step + 1) / max(1, cfg.warmup_steps))
         # Linear decay over the steps this run will make: max_steps, or fewer when the
         # budget (at the speed measured so far) runs out first.
@@ -652,8 +742,8 @@ def train(cfg: TrainConfig, data: TrainingData, *, repo: Path | None, work_dir: 
             g["lr"] = g["base_lr"] * warm * decay
         t_step = time.monotonic()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-            logits = model(**{k: torch.from_numpy(v) for k, v in arrays.items()}).logits
-        scores = logits[:, 0].float().view(len(lists), -1)
+            logits = forward_by_length(model, arrays)
+        scores = logits.float().view(len(lists), -1)
         loss = torch.nn.functional.cross_entropy(scores, targets[:len(lists)])
         if teacher is not None:
             # Listwise distillation: KL(teacher || model) over each list's candidates, the
@@ -710,13 +800,16 @@ def train(cfg: TrainConfig, data: TrainingData, *, repo: Path | None, work_dir: 
 
     # Validation (train-only retriever, history upto 'valid'): model alone and the blend grid.
     t0 = time.monotonic()
-    valid = choose_blend(valid_lists, data.split.valid, enc, scorer, cfg.blend_grid,
-                         save_scores=work_dir / "validation_scores.json")
+    scores = score_lists([(h, c) for _, h, c, _ in valid_lists], enc.encode_lists, scorer)
+    valid = blend_from_scores(valid_lists, scores, data.split.valid, cfg.blend_grid)
+    valid["text_offset"] = choose_text_offset(valid_lists, scores, data, enc, scorer, seed=cfg.seed)
     (work_dir / "validation.json").write_text(json.dumps(valid, indent=1))
     log(f"train: validation in {time.monotonic() - t0:.0f}s: model-alone NDCG@10 "
         f"{valid['model']['ndcg@10']:.4f} (random {valid['random']['ndcg@10']:.4f}), retriever "
         f"{valid['retriever']['ndcg@10']:.4f}, best blend {_blend_text(valid['blend'])} -> "
-        f"{valid['blend']['metrics']['ndcg@10']:.4f}")
+        f"{valid['blend']['metrics']['ndcg@10']:.4f}; text offset {valid['text_offset']['offset']:+.2f} "
+        f"(text-read items' top-10 share {valid['text_offset']['share_text']:.4f} -> "
+        f"{valid['text_offset']['share_text_calibrated']:.4f}, as tokens {valid['text_offset']['share_token']:.4f})")
     if curve:
         valid["curve"] = curve
     result = TrainResult(step, pairs, train_s, pps, loss_ema, stopped_by, valid, hf_dir=final)
@@ -807,7 +900,11 @@ def export_trained(hf_dir: Path, repo: Path, cfg: TrainConfig, data: TrainingDat
         "stopped_by": result.stopped_by,
         "blend": {**{k: v for k, v in result.valid["blend"].items() if k != "metrics"},
                   "chosen_on": "validation NDCG@10"},
+        "cold_start": {"id_dropout": cfg.id_dropout, "history_id_dropout": cfg.history_id_dropout,
+                       "holdout_share": cfg.cold_holdout, "holdout_seed": cfg.cold_seed,
+                       "held_out_items": sorted(data.cold, key=_id_key)},
     }
+    item_tokens = sorted(data.warm_items, key=_id_key) if options.item_tokens else []
     metrics = {"validation": {k: v for k, v in result.valid.items() if k != "grid"},
                "validation_blend_grid": result.valid.get("grid", [])}
     from export.engines import EngineCheckError
@@ -815,6 +912,7 @@ def export_trained(hf_dir: Path, repo: Path, cfg: TrainConfig, data: TrainingDat
     def export(engine: str) -> int:
         version, _ = run_export(hf_dir, repo, spec=spec, training=training, metrics=metrics,
                                 render=options.to_dict(), extra_pairs=extra, engine=engine,
+                                item_tokens=item_tokens, text_offset=result.valid["text_offset"]["offset"],
                                 base_model=f"fine-tuned from {describe_base_model(base)}",
                                 log=lambda m: log(m))
         return version
@@ -863,7 +961,8 @@ def main_args(args, settings) -> int:
     if args.config_json:
         cfg = TrainConfig.from_dict(json.loads(Path(args.config_json).read_text()))
     for key in ("seed", "budget_min", "max_steps", "epochs", "lr", "negatives", "layers",
-                "history_items", "lists_per_step", "valid_users", "distill", "engine"):
+                "history_items", "lists_per_step", "valid_users", "distill", "engine",
+                "id_dropout", "history_id_dropout", "cold_holdout", "cold_seed"):
         value = getattr(args, key, None)
         if value is not None:
             setattr(cfg, key, value)
@@ -873,7 +972,9 @@ def main_args(args, settings) -> int:
         cfg.item_tokens = False
         cfg.history_titles = True
     folder = fetch_movielens(PROJECT_ROOT / ".cache" / "data")
-    data = TrainingData.load(folder)
+    data = TrainingData.load(folder, cold_holdout=cfg.cold_holdout, cold_seed=cfg.cold_seed)
+    if data.cold:
+        print(f"==> cold-start protocol: {len(data.cold)} items held out of training (seed {cfg.cold_seed})")
     work = Path(args.work_dir) if args.work_dir else PROJECT_ROOT / "var" / "train"
     print(f"==> training the reranker (budget {cfg.budget_min:g} min, seed {cfg.seed}); work dir {work}")
     res = train(cfg, data, repo=repo, work_dir=work, resume=args.resume, export=not args.no_export)
@@ -898,6 +999,12 @@ def add_arguments(p) -> None:
                    "openvino_int8 (default; falls back to onnxruntime if it disagrees with fp32)")
     p.add_argument("--distill", type=float, help="weight of the transition-count teacher's listwise "
                    "distillation loss (default 3; 0: next-item label only)")
+    p.add_argument("--id-dropout", type=float, help="share of candidate items rendered without their "
+                   "ID token in training, as cold items read (default 0.15)")
+    p.add_argument("--history-id-dropout", type=float, help="the same on the history side (default 0.03)")
+    p.add_argument("--cold-holdout", type=float, help="hold this share of items out of training "
+                   "entirely (the cold-start protocol of `rerankd eval --cold-start`; default 0)")
+    p.add_argument("--cold-seed", type=int, help="seed of the held-out items (default 0)")
     p.add_argument("--valid-users", type=int, help="validate on the first N users (0: all)")
     p.add_argument("--text-only", action="store_true", help="no item-ID tokens (titles only)")
     p.add_argument("--base", help="HF model folder to start from (default: packaged MiniLM-L6)")

@@ -92,6 +92,11 @@ class Manifest:
     export_check: dict = field(default_factory=dict)
     # server.core.render.RenderOptions as plain data; empty (old manifests): plain text.
     render: dict = field(default_factory=dict)
+    # Items with a trained ID token in this version's vocabulary; every other item is read
+    # from its text alone (cold). Empty: no item tokens (or a version older than this field).
+    item_tokens: list[str] = field(default_factory=list)
+    # Added to the score of items read from text alone (``server.core.calibration``).
+    text_offset: float = 0.0
 
     def write(self, path: Path) -> None:
         data = asdict(self)

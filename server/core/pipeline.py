@@ -14,6 +14,7 @@ from typing import Protocol
 import numpy as np
 
 from server.core.admission import Admission
+from server.core.calibration import apply_text_offset
 from server.core.render import Renderer
 from server.core.score_cache import ScoreCache
 from server.core.validate import validate_events, validate_items, validate_rerank
@@ -22,7 +23,7 @@ from server.rules import RuleCandidate, RulesProvider, RuleSet, apply_overrides,
 from server.rules.columnar import orders_by_score_only, rank_by_score
 from server.rules.config import Blend
 from server.telemetry import Telemetry
-from server.types import Event, Item, RecordResult, RerankRequest, RerankResponse
+from server.types import Event, Item, RecordResult, RerankRequest, RerankResponse, ScoredFrom
 
 
 class Scorer(Protocol):
@@ -65,6 +66,30 @@ def _unique(ids: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(ids))
 
 
+class _Served:
+    """Per loaded model version: its renderer (which memoizes item texts) and, per item id,
+    how that model reads the item. A version's vocabulary never changes, so neither does the
+    answer: a dict lookup instead of a tokenizer call per candidate."""
+
+    __slots__ = ("model", "renderer", "sources")
+    memo_size = 200_000
+
+    def __init__(self, model, renderer: Renderer):
+        self.model = model
+        self.renderer = renderer
+        self.sources: dict[str, ScoredFrom] = {}
+
+    def source(self, item_id: str) -> ScoredFrom:
+        """ID_TOKEN when the renderer writes this item as its token, else TEXT (a cold item)."""
+        src = self.sources.get(item_id)
+        if src is None:
+            src = ScoredFrom.ID_TOKEN if self.renderer.item_token(item_id) is not None else ScoredFrom.TEXT
+            if len(self.sources) >= self.memo_size:
+                self.sources.clear()  # rare (more ids than the memo holds): simpler than an LRU
+            self.sources[item_id] = src
+        return src
+
+
 class Pipeline:
     """One object per gateway; safe for concurrent requests on one event loop."""
 
@@ -83,17 +108,17 @@ class Pipeline:
         self.scorer = scorer
         self.models = models
         self.admission = admission or Admission(256)
-        self._renderers: dict[tuple[str, str], tuple[object, Renderer]] = {}
+        self._served: dict[tuple[str, str], _Served] = {}
 
-    def _renderer(self, model) -> Renderer:
-        """The served version's renderer, built once per loaded model (it memoizes item texts)."""
+    def _served_for(self, model) -> _Served:
+        """The served version's renderer and item sources, built once per loaded model."""
         key = (model.name, model.version)
-        hit = self._renderers.get(key)
-        if hit is None or hit[0] is not model:
-            if len(self._renderers) > 8:  # versions come and go; keep the few in use
-                self._renderers.clear()
-            hit = self._renderers[key] = (model, Renderer.for_model(model.manifest, model.tokenizer))
-        return hit[1]
+        hit = self._served.get(key)
+        if hit is None or hit.model is not model:
+            if len(self._served) > 8:  # versions come and go; keep the few in use
+                self._served.clear()
+            hit = self._served[key] = _Served(model, Renderer.for_model(model.manifest, model.tokenizer))
+        return hit
 
     async def rerank(self, req: RerankRequest) -> RerankResponse:
         with self.admission.slot():
@@ -119,7 +144,8 @@ class Pipeline:
         if not history_ids:  # cold start: the caller's session items stand in for history
             history_ids = _unique(req.context.session_item_ids)
         # The served version's own render options (item-ID tokens, history length): its manifest.
-        renderer = self._renderer(model)
+        served = self._served_for(model)
+        renderer = served.renderer
         n_history = renderer.history_items(cfg.history_in_text)
         history_ids = history_ids[:n_history]
         items = await self.items.get_items(_unique(history_ids + [c.item_id for c in req.candidates]))
@@ -129,11 +155,16 @@ class Pipeline:
                                   max_items=n_history)
         # Policy for items not in the catalog: scored from the candidate's inline text if it
         # has one; otherwise not scored, flagged ``unscored`` and placed after all scored items.
+        # ``sources``, by candidate index, says how the model reads each one; decided from the
+        # item id as the renderer decides, so it matches what is rendered below.
         scoreable: list[tuple[int, Item]] = []
+        sources = [ScoredFrom.UNSPECIFIED] * len(req.candidates)
+        source = served.source
         for idx, c in enumerate(req.candidates):
             item = items.get(c.item_id) or (Item(c.item_id, title=c.text) if c.text.strip() else None)
             if item is not None:
                 scoreable.append((idx, item))
+                sources[idx] = source(item.item_id)
         item_texts = renderer.items([it for _, it in scoreable])
         scores = self.score_cache.lookup(model.version, user_text, item_texts)
         todo = [k for k, s in enumerate(scores) if s is None]
@@ -154,18 +185,21 @@ class Pipeline:
             else:
                 for k, s in zip(todo, fresh.tolist()):
                     scores[k] = s
+        offset = model.manifest.text_offset if model.manifest is not None else 0.0
+        if offset:  # cold items onto the warm items' scale (the cache keeps raw scores)
+            apply_text_offset(scores, [sources[idx] is ScoredFrom.TEXT for idx, _ in scoreable], offset)
         watch.mark("infer")
 
         ranked = filtered = None
         if not req.explain and orders_by_score_only(ruleset):  # the default: blend and sort
-            ranked = self._rank_columns(ruleset, req, scoreable, scores)
+            ranked = self._rank_columns(ruleset, req, scoreable, scores, sources)
         if ranked is None:
             if len(scoreable) == len(req.candidates):  # the usual case: every candidate scored
-                rule_cands = [RuleCandidate.of(c, item, s)
-                              for c, (_, item), s in zip(req.candidates, scoreable, scores)]
+                rule_cands = [RuleCandidate.of(c, item, s, f)
+                              for c, (_, item), s, f in zip(req.candidates, scoreable, scores, sources)]
             else:
                 scored_at = {idx: (item, scores[k]) for k, (idx, item) in enumerate(scoreable)}
-                rule_cands = [RuleCandidate.of(c, *scored_at.get(idx, (None, None)))
+                rule_cands = [RuleCandidate.of(c, *scored_at.get(idx, (None, None)), sources[idx])
                               for idx, c in enumerate(req.candidates)]
             outcome = apply_rules(ruleset, rule_cands, history=events, now=time.time(), top_n=req.top_n)
             ranked, filtered = outcome.to_scored_items(explain=req.explain), outcome.filtered
@@ -178,7 +212,7 @@ class Pipeline:
 
     @staticmethod
     def _rank_columns(ruleset: RuleSet, req: RerankRequest, scoreable: list[tuple[int, Item]],
-                      scores: list) -> list | None:
+                      scores: list, sources: list[ScoredFrom]) -> list | None:
         """``rank_by_score`` over the request's columns (None: the engine must decide)."""
         n = len(req.candidates)
         if len(scoreable) == n:
@@ -190,7 +224,7 @@ class Pipeline:
         # None -> NaN: "no retrieval score" (retrieval scores themselves are finite, validated).
         retrieval = np.array([c.retrieval_score for c in req.candidates], dtype=np.float64)
         return rank_by_score(ruleset, [c.item_id for c in req.candidates], model, scored, retrieval,
-                             req.top_n)
+                             req.top_n, sources)
 
     @staticmethod
     def _with_model_blend(ruleset: RuleSet, manifest) -> RuleSet:

@@ -14,7 +14,7 @@ are the default renderer (plain text, what a manifest without options means).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Container, Mapping, Sequence
 from dataclasses import dataclass
 
 from server.types import Item
@@ -113,9 +113,13 @@ class Renderer:
             out.append(text)
         return out
 
-    def item(self, item: Item) -> str:
-        """Item side: [ID token], title, a few attributes, then free text."""
-        tok = self.item_token(item.item_id)
+    def item(self, item: Item, use_token: bool = True) -> str:
+        """Item side: [ID token], title, a few attributes, then free text.
+
+        ``use_token=False`` renders the item as if the model had no token for it (text
+        only): exactly how a cold item reads. Training uses it for ID dropout, so that
+        warm and cold items are learnt on one score scale."""
+        tok = self.item_token(item.item_id) if use_token else None
         if tok is not None and not self.options.item_text:
             return tok
         parts = [self._title(item)]
@@ -128,16 +132,18 @@ class Renderer:
         text = " | ".join(parts)
         return f"{tok} {text}" if tok is not None else text
 
-    def _history_entry(self, item: Item) -> str:
-        tok = self.item_token(item.item_id)
+    def _history_entry(self, item: Item, use_token: bool = True) -> str:
+        tok = self.item_token(item.item_id) if use_token else None
         if tok is None:
             return self._title(item)
         return f"{tok} {self._title(item)}" if self.options.history_titles else tok
 
-    def user(self, history: Sequence[Item], context_text: str = "", max_items: int = 10) -> str:
-        """User side: recent items, most recent first, then free-text context if any."""
+    def user(self, history: Sequence[Item], context_text: str = "", max_items: int = 10,
+             text_only: Container[str] = ()) -> str:
+        """User side: recent items, most recent first, then free-text context if any.
+        Items in ``text_only`` are written without their token (training's ID dropout)."""
         n = self.history_items(max_items)
-        entries = [self._history_entry(it) for it in history[:n]]
+        entries = [self._history_entry(it, it.item_id not in text_only) for it in history[:n]]
         sep = " " if self._has_token is not None and not self.options.history_titles else "; "
         text = sep.join(entries) if entries else EMPTY_HISTORY
         if context_text.strip():

