@@ -79,7 +79,7 @@ class TrainConfig:
     # Of the negatives, this many are drawn uniformly from the whole (warm) catalogue: without
     # them the model never sees a long-tail item as a candidate, and a cold item's text could
     # not tell it that nobody watches such films.
-    random_negatives: int = 1
+    random_negatives: int = 2
     retriever_k: int = 50
     recent_positions: int = 0       # per user, train only on the last N positions (0: all)
     positives: str = "candidates"   # "all", or only positions whose positive the retriever finds
@@ -107,8 +107,8 @@ class TrainConfig:
     # Cold start (export.coldstart): ID dropout renders a share of warm items without their
     # token, as every item created after training reads, so one model learns to rank items
     # from text and from tokens on one score scale. Candidate side and history side apart.
-    id_dropout: float = 0.15
-    history_id_dropout: float = 0.03
+    id_dropout: float = 0.2
+    history_id_dropout: float = 0.05
     # The cold-start protocol: this share of the catalogue (seeded) is held out of training
     # entirely: never a target, never a negative, never a token; in histories it is text.
     cold_holdout: float = 0.0
@@ -1000,8 +1000,8 @@ def add_arguments(p) -> None:
     p.add_argument("--distill", type=float, help="weight of the transition-count teacher's listwise "
                    "distillation loss (default 3; 0: next-item label only)")
     p.add_argument("--id-dropout", type=float, help="share of candidate items rendered without their "
-                   "ID token in training, as cold items read (default 0.15)")
-    p.add_argument("--history-id-dropout", type=float, help="the same on the history side (default 0.03)")
+                   "ID token in training, as cold items read (default 0.2)")
+    p.add_argument("--history-id-dropout", type=float, help="the same on the history side (default 0.05)")
     p.add_argument("--cold-holdout", type=float, help="hold this share of items out of training "
                    "entirely (the cold-start protocol of `rerankd eval --cold-start`; default 0)")
     p.add_argument("--cold-seed", type=int, help="seed of the held-out items (default 0)")

@@ -64,3 +64,27 @@ def test_token_items_and_cold_items_are_told_apart_in_the_reply_and_in_explain(s
             assert {k: i.explanation.scored_from for k, i in by_id.items()} == expected
         else:
             assert not any(i.HasField("explanation") for i in resp.items)
+
+
+def test_a_cold_items_score_follows_its_text_at_once(served):
+    """New ids (no token) are scored from their text alone: the same text scores the same
+    whatever the id, different texts differently, and an upsert changes the very next score."""
+    data, _, stub = served
+
+    def upsert(**texts):
+        stub.UpsertItems(pb.UpsertItemsRequest(items=[
+            pb.Item(item_id=i, title=t, attributes={"genres": "Drama"}) for i, t in texts.items()]), timeout=30)
+
+    def scores(*ids):
+        resp = stub.Rerank(pb.RerankRequest(user_id="1", candidates=[pb.Candidate(item_id=i) for i in ids]),
+                           timeout=30)
+        assert all(it.scored_from == pb.SCORED_FROM_TEXT for it in resp.items)
+        return {it.item_id: it.model_score for it in resp.items}
+
+    upsert(**{"cold-a": "A quiet documentary about mountains", "cold-b": "A quiet documentary about mountains",
+              "cold-c": "A loud action sequel"})
+    first = scores("cold-a", "cold-b", "cold-c")
+    assert first["cold-a"] == first["cold-b"] != first["cold-c"]
+    upsert(**{"cold-b": "A loud action sequel"})
+    second = scores("cold-a", "cold-b", "cold-c")
+    assert second["cold-b"] == second["cold-c"] != second["cold-a"] == first["cold-a"]
