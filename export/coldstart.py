@@ -127,13 +127,14 @@ def top_share(order: Sequence[str], marked: Iterable[str], k: int = TOP_K) -> fl
 
 
 def order_by(candidates: Sequence[str], scores: Sequence[float], tie_seed: str | None = None) -> list[str]:
-    """Score descending. Ties: by item id (as the gateway orders them), or at random with
-    ``tie_seed`` (baselines, whose ties are many)."""
+    """Score descending. Ties: by item id (as the gateway orders them: ``model_order``), or at
+    random with ``tie_seed`` (baselines, whose ties are many)."""
     if tie_seed is None:
-        key = {c: c for c in candidates}
-    else:
-        rng = random.Random(tie_seed)
-        key = {c: rng.random() for c in candidates}
+        from export.evaluate import model_order
+
+        return model_order(candidates, scores)
+    rng = random.Random(tie_seed)
+    key = {c: rng.random() for c in candidates}
     return [c for _, _, c in sorted(zip((-float(s) for s in scores), (key[c] for c in candidates), candidates))]
 
 
