@@ -285,6 +285,7 @@ class VersionScorer:
         """Model scores as the gateway reports them: with ``item_ids``, the version's text
         offset is added to the items it has no token for."""
         from server.core.calibration import apply_text_offset
+        from server.types import ScoredFrom
 
         spec = self.manifest.spec
         batch = self.encode(user_text, item_texts)
@@ -292,7 +293,7 @@ class VersionScorer:
                for s in range(0, len(batch), spec.max_batch_size)]
         scores = np.concatenate(out).astype(np.float32)
         if item_ids and self.manifest.text_offset:
-            from_text = [self.renderer.item_token(i) is None for i in item_ids]
+            from_text = [self.renderer.scored_from(i) is ScoredFrom.TEXT for i in item_ids]
             scores = np.asarray(apply_text_offset(scores.tolist(), from_text, self.manifest.text_offset), np.float32)
         return scores
 

@@ -66,30 +66,6 @@ def _unique(ids: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(ids))
 
 
-class _Served:
-    """Per loaded model version: its renderer (which memoizes item texts) and, per item id,
-    how that model reads the item. A version's vocabulary never changes, so neither does the
-    answer: a dict lookup instead of a tokenizer call per candidate."""
-
-    __slots__ = ("model", "renderer", "sources")
-    memo_size = 200_000
-
-    def __init__(self, model, renderer: Renderer):
-        self.model = model
-        self.renderer = renderer
-        self.sources: dict[str, ScoredFrom] = {}
-
-    def source(self, item_id: str) -> ScoredFrom:
-        """ID_TOKEN when the renderer writes this item as its token, else TEXT (a cold item)."""
-        src = self.sources.get(item_id)
-        if src is None:
-            src = ScoredFrom.ID_TOKEN if self.renderer.item_token(item_id) is not None else ScoredFrom.TEXT
-            if len(self.sources) >= self.memo_size:
-                self.sources.clear()  # rare (more ids than the memo holds): simpler than an LRU
-            self.sources[item_id] = src
-        return src
-
-
 class Pipeline:
     """One object per gateway; safe for concurrent requests on one event loop."""
 
@@ -108,17 +84,18 @@ class Pipeline:
         self.scorer = scorer
         self.models = models
         self.admission = admission or Admission(256)
-        self._served: dict[tuple[str, str], _Served] = {}
+        self._renderers: dict[tuple[str, str], tuple[object, Renderer]] = {}
 
-    def _served_for(self, model) -> _Served:
-        """The served version's renderer and item sources, built once per loaded model."""
+    def _renderer(self, model) -> Renderer:
+        """The served version's renderer, built once per loaded model (it memoizes item texts
+        and which items have tokens)."""
         key = (model.name, model.version)
-        hit = self._served.get(key)
-        if hit is None or hit.model is not model:
-            if len(self._served) > 8:  # versions come and go; keep the few in use
-                self._served.clear()
-            hit = self._served[key] = _Served(model, Renderer.for_model(model.manifest, model.tokenizer))
-        return hit
+        hit = self._renderers.get(key)
+        if hit is None or hit[0] is not model:
+            if len(self._renderers) > 8:  # versions come and go; keep the few in use
+                self._renderers.clear()
+            hit = self._renderers[key] = (model, Renderer.for_model(model.manifest, model.tokenizer))
+        return hit[1]
 
     async def rerank(self, req: RerankRequest) -> RerankResponse:
         with self.admission.slot():
@@ -144,8 +121,7 @@ class Pipeline:
         if not history_ids:  # cold start: the caller's session items stand in for history
             history_ids = _unique(req.context.session_item_ids)
         # The served version's own render options (item-ID tokens, history length): its manifest.
-        served = self._served_for(model)
-        renderer = served.renderer
+        renderer = self._renderer(model)
         n_history = renderer.history_items(cfg.history_in_text)
         history_ids = history_ids[:n_history]
         items = await self.items.get_items(_unique(history_ids + [c.item_id for c in req.candidates]))
@@ -159,7 +135,7 @@ class Pipeline:
         # item id as the renderer decides, so it matches what is rendered below.
         scoreable: list[tuple[int, Item]] = []
         sources = [ScoredFrom.UNSPECIFIED] * len(req.candidates)
-        source = served.source
+        source = renderer.scored_from
         for idx, c in enumerate(req.candidates):
             item = items.get(c.item_id) or (Item(c.item_id, title=c.text) if c.text.strip() else None)
             if item is not None:

@@ -17,7 +17,7 @@ import dataclasses
 from collections.abc import Callable, Container, Mapping, Sequence
 from dataclasses import dataclass
 
-from server.types import Item
+from server.types import Item, ScoredFrom
 
 # Attributes that carry meaning for the model, in the order they are rendered.
 RENDERED_ATTRIBUTES = ("year", "genres", "category", "brand")
@@ -75,6 +75,7 @@ class Renderer:
         self.options = options or RenderOptions()
         self._has_token = has_token if self.options.item_tokens else None
         self._memo: dict[str, tuple[Item, str]] = {}
+        self._tokens: dict[str, str | None] = {}
 
     @classmethod
     def for_model(cls, manifest, tokenizer) -> Renderer:
@@ -86,11 +87,25 @@ class Renderer:
         return self.options.history_items or default
 
     def item_token(self, item_id: str) -> str | None:
-        """The item's ID token when this model has one, else None."""
+        """The item's ID token when this model has one, else None (the item is read from its
+        text alone). Memoized: a version's vocabulary never changes, and the gateway asks for
+        every candidate of every request."""
         if self._has_token is None:
             return None
+        try:
+            return self._tokens[item_id]
+        except KeyError:
+            pass
         tok = self.options.token_format.format(item_id)
-        return tok if self._has_token(tok) else None
+        tok = tok if self._has_token(tok) else None
+        if len(self._tokens) >= self.memo_size:
+            self._tokens.clear()  # rare (more ids than the memo holds): simpler than an LRU
+        self._tokens[item_id] = tok
+        return tok
+
+    def scored_from(self, item_id: str) -> ScoredFrom:
+        """How this model reads the item: its ID token, or its text alone (a cold item)."""
+        return ScoredFrom.ID_TOKEN if self.item_token(item_id) is not None else ScoredFrom.TEXT
 
     def _title(self, item: Item) -> str:
         return item.title.strip() or item.item_id
