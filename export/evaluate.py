@@ -590,51 +590,45 @@ def latest_version_dir(repo: Path, name: str) -> Path:
 
 
 def main_args(args, settings) -> int:
-    """``rerankd eval`` (see ``server.cli``)."""
+    """``rerankd eval`` (see ``server.cli``): the main protocol, or with ``--cold-start`` the
+    protocol of ``export.coldstart``."""
     from server.settings import PROJECT_ROOT
 
     repo = Path(settings.triton.model_repository)
     name = settings.triton.model_name
     version_dir = repo / name / str(args.version) if args.version else latest_version_dir(repo, name)
-    if args.cold_start:
-        return _cold_start_main(args, version_dir, name)
-    paths = {"both": ("served", "in-process"), "served": ("served",), "in-process": ("in-process",)}[args.path]
-    blend = None
-    if args.retrieval_weight is not None:
-        blend = (1.0 - args.retrieval_weight, args.retrieval_weight)  # minmax both
     reports = Path(args.reports) if args.reports else PROJECT_ROOT / "reports"
     work = PROJECT_ROOT / "var" / "eval"
     work.mkdir(parents=True, exist_ok=True)
-    rep = run_eval(version_dir, split_name=args.split, paths=paths, blend=blend, score_all=args.all_users,
-                   users=args.users or 0, reports_dir=reports, work_dir=work, gru4rec=args.gru4rec)
+    if args.cold_start:
+        from export.coldstart import run_cold_eval
+
+        path = "in-process" if args.path == "in-process" else "served"
+        warm = Path(args.warm_dir) if args.warm_dir else _newest_warm_version(PROJECT_ROOT / "model_repository", name)
+        rep = run_cold_eval(version_dir, warm, split_name=args.split, path=path, reports_dir=reports,
+                            work_dir=work)
+    else:
+        paths = {"both": ("served", "in-process"), "served": ("served",), "in-process": ("in-process",)}[args.path]
+        blend = None
+        if args.retrieval_weight is not None:
+            blend = (1.0 - args.retrieval_weight, args.retrieval_weight)  # minmax both
+        rep = run_eval(version_dir, split_name=args.split, paths=paths, blend=blend, score_all=args.all_users,
+                       users=args.users or 0, reports_dir=reports, work_dir=work, gru4rec=args.gru4rec)
     for f in rep.info.get("files", []):
         print(f"==> wrote {f}")
     return 0
 
 
-def _cold_start_main(args, version_dir: Path, name: str) -> int:
-    """``rerankd eval --cold-start``: the protocol of ``export.coldstart``."""
-    from export.coldstart import held_out_items, run_cold_eval
+def _newest_warm_version(repo: Path, name: str) -> Path | None:
+    """The newest trained version of ``repo`` that holds no item out (the warm reference)."""
+    from export.coldstart import held_out_items
     from export.train import trained_versions
     from server.core.model_spec import Manifest
-    from server.settings import PROJECT_ROOT
 
-    warm = Path(args.warm_dir) if args.warm_dir else None
-    if warm is None:
-        # The newest trained version of the project's repository that holds nothing out.
-        repo = PROJECT_ROOT / "model_repository"
-        for v in reversed(trained_versions(repo, name)):
-            if not held_out_items(Manifest.read(repo / name / str(v) / "manifest.json")):
-                warm = repo / name / str(v)
-                break
-    path = "in-process" if args.path == "in-process" else "served"
-    reports = Path(args.reports) if args.reports else PROJECT_ROOT / "reports"
-    work = PROJECT_ROOT / "var" / "eval"
-    work.mkdir(parents=True, exist_ok=True)
-    rep = run_cold_eval(version_dir, warm, split_name=args.split, path=path, reports_dir=reports, work_dir=work)
-    for f in rep.info.get("files", []):
-        print(f"==> wrote {f}")
-    return 0
+    for v in reversed(trained_versions(repo, name)):
+        if not held_out_items(Manifest.read(repo / name / str(v) / "manifest.json")):
+            return repo / name / str(v)
+    return None
 
 
 def add_arguments(p) -> None:
