@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@set -o pipefail; $(PY) -m pip install --progress-bar on -e '.[export,engines,dev]' 2>&1 \
 	  | grep --line-buffered -E '^(Collecting|Installing|Successfully|ERROR)|━' || true
-	@$(PY) -c "import server, export, grpc, tritonclient.grpc, onnxruntime, openvino, tokenizers, torch"
+	@$(PY) -c "import cli, server, contract, interactions, training, evaluation, export, grpc, tritonclient.grpc, onnxruntime, openvino, tokenizers, torch"
 	@touch $@
 
 venv: $(STAMP)

@@ -60,13 +60,18 @@ def movielens_requests(n_requests: int, candidates: int, *, seed: int = 0,
                        data_dir: Path | None = None, renderer=None) -> list[tuple[str, list[str]]] | None:
     """``(user_text, item_texts)`` for ``n_requests`` MovieLens users (history up to the test
     item, 10 items) with ``candidates`` random catalog items each, rendered by ``renderer``
-    (the version's ``server.core.render.Renderer``; default: plain text); None if the data
+    (the version's ``contract.render.Renderer``; default: plain text); None if the data
     set is not in the local cache (export never downloads it)."""
-    from export.data import CHECKSUMS, load_interactions, load_items, leave_one_out
-    from server.core.render import render_item, render_user
-    from server.settings import PROJECT_ROOT
+    from contract.render import render_item, render_user
+    from interactions.movielens import (
+        CACHE_DIR,
+        CHECKSUMS,
+        leave_one_out,
+        load_interactions,
+        load_items,
+    )
 
-    folder = Path(data_dir) if data_dir else PROJECT_ROOT / ".cache" / "data" / "ml-100k"
+    folder = Path(data_dir) if data_dir else CACHE_DIR / "ml-100k"
     if not all((folder / n).is_file() for n in CHECKSUMS):
         return None
     items = {it.item_id: it for it in load_items(folder)}
@@ -247,8 +252,8 @@ def check_engine(backend_src: Path, version_dir: Path, engine: str,
 
 
 def renderer_for(render: dict | None, tokenizer):
-    """The renderer a version with manifest ``render`` options uses (see server.core.render)."""
-    from server.core import render as R
+    """The renderer a version with manifest ``render`` options uses (see contract.render)."""
+    from contract import render as R
 
     if not hasattr(R, "RenderOptions"):
         return None

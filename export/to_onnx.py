@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from server.core.model_spec import ModelSpec
+from contract.model_spec import ModelSpec
 
 
 class ScoreModel(nn.Module):

@@ -9,10 +9,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from contract.items import Item
+from contract.render import render_item, render_user
+from contract.tokenize import EncodedBatch, PairTokenizer
 from export.to_onnx import ScoreModel, onnx_session, run_onnx
-from server.core.render import render_item, render_user
-from server.core.tokenize import EncodedBatch, PairTokenizer
-from server.types import Item
 
 
 class ExportVerificationError(RuntimeError):

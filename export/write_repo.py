@@ -10,8 +10,8 @@ import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
+from contract.model_spec import Manifest, ModelSpec
 from export.tiny import copy_tokenizer_files
-from server.core.model_spec import Manifest, ModelSpec
 
 DEFAULT_PARAMETERS = {"intra_op_threads": "2"}
 
@@ -22,6 +22,19 @@ def existing_versions(repo: Path, name: str) -> list[int]:
     if not model_dir.is_dir():
         return []
     return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def trained_versions(repo: Path, name: str) -> list[int]:
+    """Versions of ``repo/name`` exported by ``train`` (their manifest records training steps)."""
+    out = []
+    for v in existing_versions(repo, name):
+        folder = Path(repo) / name / str(v)
+        try:
+            if (folder / "model.onnx").is_file() and Manifest.read(folder / "manifest.json").training.get("steps"):
+                out.append(v)
+        except (OSError, ValueError):
+            continue
+    return out
 
 
 def next_version(repo: Path, name: str) -> int:

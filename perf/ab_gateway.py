@@ -78,10 +78,10 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=PROJECT_ROOT / "reports" / "perf-ab")
     args = ap.parse_args(argv)
 
+    from contract.model_spec import Manifest
     from perf import workload as W
     from perf.loadgen import build_messages
     from perf.stack import MODEL, Stack, prepare_repo
-    from server.core.model_spec import Manifest
     from server.devstack import gateway_process
     from server.settings import load_settings
     from server.triton.install import ensure_triton

@@ -3,7 +3,7 @@
     python -m perf.engine_quality --hf-dir CKPT [--render '{"item_tokens": true, ...}'] [--users 150]
     python -m perf.engine_quality --model-version N
 
-Protocol: the evaluation's validation lists (``export.evaluate.build_lists``: ItemKNN top-50 fit
+Protocol: the evaluation's validation lists (``evaluation.evaluate.build_lists``: ItemKNN top-50 fit
 on train, history = train), users whose validation target is among the candidates (only they
 can move a metric), scored by each variant through the backend's own ``load_scorer``; reports
 NDCG@10 / HR@10 over all users (misses count) and over the scored ones, plus per-list Spearman
@@ -22,7 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
-from export.engines import agreement, build_engine_files, calibration_feeds, load_backend
+from export.engines import (
+    agreement,
+    build_engine_files,
+    calibration_feeds,
+    load_backend,
+)
 from perf.engines_bench import default_variants
 from perf.stack import BACKEND_SRC, prepare_repo
 from server.settings import PROJECT_ROOT
@@ -31,13 +36,13 @@ NDCG_TOLERANCE = 0.005  # absolute NDCG@10 (all users) vs fp32
 
 
 def run(version_dir: Path, *, users: int, threads: int, engines: list[str], seed: int = 0, log=print) -> dict:
-    from export.data import leave_one_out, load_interactions, load_items
-    from export.evaluate import build_lists
-    from export.metrics import evaluate
+    from contract.model_spec import Manifest
+    from contract.render import Renderer
+    from contract.tokenize import PairTokenizer
+    from evaluation.evaluate import build_lists
+    from evaluation.metrics import evaluate
+    from interactions.movielens import leave_one_out, load_interactions, load_items
     from perf.workload import movielens_folder
-    from server.core.model_spec import Manifest
-    from server.core.render import Renderer
-    from server.core.tokenize import PairTokenizer
 
     folder = movielens_folder()
     items = {it.item_id: it for it in load_items(folder)}
@@ -77,7 +82,6 @@ def run(version_dir: Path, *, users: int, threads: int, engines: list[str], seed
         scores = [scorer.score(b) for b in batches]
         el_s = time.perf_counter() - t0
         rankings = {el.user: [el.candidates[i] for i in np.argsort(-s, kind="stable")] for el, s in zip(chosen, scores)}
-        m_all = evaluate(rankings, targets, (10,))
         m_cov = evaluate(rankings, {u: targets[u] for u in rankings}, (10,))
         row = {"variant": v.name, "lists": len(chosen), "ndcg@10_scored_users": m_cov["ndcg@10"],
                "hr@10_scored_users": m_cov["hr@10"], "seconds": el_s}

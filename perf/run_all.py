@@ -88,8 +88,14 @@ def cpu_pressure() -> dict[str, float] | None:
 
 # -- sections --------------------------------------------------------------------------
 def section_engines(out: Path, vd: Path, prepared, b: dict, hf_dir: Path | None, engines: list[str], res: dict):
-    from perf.engines_bench import (compare_engines, default_variants, fixed_length_batches, flops_per_pair,
-                                    machine_peak, quality_vs_fp32)
+    from perf.engines_bench import (
+        compare_engines,
+        default_variants,
+        fixed_length_batches,
+        flops_per_pair,
+        machine_peak,
+        quality_vs_fp32,
+    )
 
     log(f"==> [1/6] engines in-process ({THREADS} threads; load avg {load_avg()})")
     variants = default_variants(engines)
@@ -143,7 +149,7 @@ def apply_config(stack, vd: Path, cfg: dict, params: dict) -> tuple[Path, dict]:
     gateway splits by, else a config reload. Returns (version dir, parameters)."""
     import dataclasses
 
-    from server.core.model_spec import Manifest
+    from contract.model_spec import Manifest
 
     manifest = Manifest.read(vd / "manifest.json")
     spec = dataclasses.replace(manifest.spec, max_batch_size=cfg["max_batch"],
@@ -186,8 +192,8 @@ def _served_version(addr: str, msgs) -> str:
 
 
 def section_tuning(out: Path, stack, vd: Path, params: dict, messages, b: dict, res: dict) -> tuple[Path, dict, dict]:
+    from contract.model_spec import Manifest
     from perf.loadgen import closed_loop
-    from server.core.model_spec import Manifest
 
     log(f"==> [3/6] Triton config tuning, closed loop c=4, 100 candidates (load avg {load_avg()})")
     spec = Manifest.read(vd / "manifest.json").spec
@@ -224,8 +230,13 @@ def section_tuning(out: Path, stack, vd: Path, params: dict, messages, b: dict, 
 
 
 def section_perf_analyzer(out: Path, stack, prepared, vd: Path, b: dict, res: dict):
-    from perf.perf_analyzer import ensure_perf_analyzer, rows_at_bucket, run_sweep, write_input_data
-    from server.core.model_spec import Manifest
+    from contract.model_spec import Manifest
+    from perf.perf_analyzer import (
+        ensure_perf_analyzer,
+        rows_at_bucket,
+        run_sweep,
+        write_input_data,
+    )
 
     log(f"==> [4/6] perf_analyzer on the reranker model (load avg {load_avg()})")
     pa = ensure_perf_analyzer(log=log)
@@ -260,7 +271,13 @@ def section_perf_analyzer(out: Path, stack, prepared, vd: Path, b: dict, res: di
 
 def section_gateway(out: Path, stack, workload_msgs, cand_msgs: dict, b: dict, res: dict, instances: int = 1,
                     served: tuple | None = None, max_batch: int = 64):
-    from perf.loadgen import closed_loop, event_to_effect, grpc_floor, open_loop, sequential_overhead
+    from perf.loadgen import (
+        closed_loop,
+        event_to_effect,
+        grpc_floor,
+        open_loop,
+        sequential_overhead,
+    )
 
     log(f"==> [5/6] gateway load (load avg {load_avg()})")
     closed = []
@@ -454,7 +471,7 @@ def main(argv=None) -> int:
         if "tuning" in only:
             vd, params, kept = section_tuning(out, stack, vd, params, msgs100, b, res)
             instances, served = kept["instances"], (vd, params, kept)
-        from server.core.model_spec import Manifest
+        from contract.model_spec import Manifest
 
         max_batch = Manifest.read(vd / "manifest.json").spec.max_batch_size
         if "perf_analyzer" in only:

@@ -12,10 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from server.devstack import local_stack
-from server.triton.launcher import free_port
 from server.settings import PROJECT_ROOT, load_settings
 from server.triton.install import ensure_triton
-from server.triton.launcher import TritonServer
+from server.triton.launcher import TritonServer, free_port
 
 MODEL = "reranker"
 BACKEND_SRC = PROJECT_ROOT / "model_repository" / "reranker" / "model.py"
@@ -77,11 +76,18 @@ def prepare_repo(out_repo: Path, *, engine: str, hf_dir: Path | None = None,
     From ``version_dir`` (an existing version: copied, the engine's files built from its
     model.onnx) or else by exporting ``hf_dir`` (default: the packaged MiniLM) with that
     engine. Returns the version folder."""
-    from export.engines import ENGINE_PARAMETERS, build_engine_files, calibration_feeds, encode_requests
-    from export.engines import fallback_requests, movielens_requests, renderer_for
+    from contract.model_spec import Manifest
+    from contract.tokenize import PairTokenizer
+    from export.engines import (
+        ENGINE_PARAMETERS,
+        build_engine_files,
+        calibration_feeds,
+        encode_requests,
+        fallback_requests,
+        movielens_requests,
+        renderer_for,
+    )
     from export.write_repo import DEFAULT_PARAMETERS, write_config
-    from server.core.model_spec import Manifest
-    from server.core.tokenize import PairTokenizer
 
     out_repo = Path(out_repo)
     if out_repo.exists():
@@ -92,7 +98,7 @@ def prepare_repo(out_repo: Path, *, engine: str, hf_dir: Path | None = None,
     if version_dir is None:
         # fp32 export (verified against torch); the engine's files are added below without
         # the export-time agreement gate: the suite reports agreement itself.
-        from export.pipeline import run_export
+        from export.build import run_export
 
         fp32_repo = out_repo.parent / (out_repo.name + "-fp32")
         if fp32_repo.exists():

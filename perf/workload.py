@@ -38,15 +38,15 @@ class Prepared:
 
 
 def movielens_folder() -> Path:
-    from export.data import fetch_movielens
+    from interactions.movielens import fetch_movielens
 
     return fetch_movielens(PROJECT_ROOT / ".cache" / "data", log=lambda *a: None)
 
 
 def load_store(db_path: Path, log=print) -> Path:
     """A SQLite feature store with all MovieLens-100K items and ratings (upto='all')."""
-    from export.data import leave_one_out, load_interactions
-    from export.movielens_load import load_into_store
+    from interactions.movielens import leave_one_out, load_interactions
+    from interactions.to_store import load_into_store
     from server.features import open_store
 
     folder = movielens_folder()
@@ -66,7 +66,7 @@ def load_store(db_path: Path, log=print) -> Path:
 
 def make_requests(n: int, candidates: int, *, seed: int = 0) -> list[Request]:
     """``n`` requests: random users, ``candidates`` distinct random catalog items each."""
-    from export.data import leave_one_out, load_interactions, load_items
+    from interactions.movielens import leave_one_out, load_interactions, load_items
 
     folder = movielens_folder()
     items = sorted(it.item_id for it in load_items(folder))
@@ -80,15 +80,15 @@ class GatewayTexts:
     """Mirror of ``server.core.pipeline`` up to tokenization, on the same store and version."""
 
     def __init__(self, db_path: Path, version_dir: Path, *, history_len: int = 20, history_in_text: int = 10):
-        from server.core.model_spec import Manifest
-        from server.core.tokenize import PairTokenizer
+        from contract.model_spec import Manifest
+        from contract.tokenize import PairTokenizer
 
         self.db_path = db_path
         self.manifest = Manifest.read(Path(version_dir) / "manifest.json")
         self.tokenizer = PairTokenizer.from_file(Path(version_dir) / "tokenizer.json", self.manifest.spec)
         self.history_len = history_len
         self.history_in_text = history_in_text
-        from server.core import render
+        from contract import render
 
         if hasattr(render, "Renderer") and hasattr(render.Renderer, "for_model"):
             r = render.Renderer.for_model(self.manifest, self.tokenizer)

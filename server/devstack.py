@@ -57,7 +57,9 @@ def gateway_process(triton_url: str, repo: Path, log_path: Path, *, serving: boo
                     RERANKD_TELEMETRY_METRICS_PORT="0")
     full_env.update(env)
     log = open(log_path, "ab")
-    proc = subprocess.Popen([sys.executable, "-m", "server", "serve"], env=full_env, stdout=log,
+    # ``-m cli``; a checkout from before the CLI had its own package runs ``-m server``.
+    entry = "cli" if (Path(cwd) / "cli" / "__main__.py").is_file() else "server"
+    proc = subprocess.Popen([sys.executable, "-m", entry, "serve"], env=full_env, stdout=log,
                             stderr=subprocess.STDOUT, cwd=cwd)
     addr = f"127.0.0.1:{port}"
 

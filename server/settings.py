@@ -1,6 +1,6 @@
 """One typed settings object: defaults < TOML file < ``RERANKD_*`` environment < CLI flags.
 
-Parsed once in ``server.cli`` and passed down; nothing below reads the environment.
+Parsed once in ``cli.main`` and passed down; nothing below reads the environment.
 Environment names are ``RERANKD_<SECTION>_<FIELD>`` (for example ``RERANKD_TRITON_URL``).
 """
 

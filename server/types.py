@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import StrEnum
+
+from contract.items import Item, ScoredFrom  # noqa: F401  (the request types build on them)
 
 
 # Not frozen (read-only by convention): frozen dataclasses cost 3x as much to build, and a
@@ -33,15 +34,6 @@ class RerankRequest:
     request_id: str = ""
     # Seconds left before the caller's deadline; None when the caller set none.
     timeout_s: float | None = None
-
-
-class ScoredFrom(StrEnum):
-    """How the model read an item: its trained ID token (``[i50]``), or its text only because
-    the served version has no token for it (a cold item)."""
-
-    UNSPECIFIED = ""  # not scored
-    ID_TOKEN = "id_token"
-    TEXT = "text"
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,14 +67,6 @@ class RerankResponse:
     timings_ms: dict[str, float]
     request_id: str = ""
     filtered: list[tuple[str, str]] = field(default_factory=list)
-
-
-@dataclass(frozen=True, slots=True)
-class Item:
-    item_id: str
-    title: str = ""
-    text: str = ""
-    attributes: dict[str, str] = field(default_factory=dict)
 
 
 EVENT_TYPES = ("view", "click", "add_to_cart", "purchase", "rating")

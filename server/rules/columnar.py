@@ -13,8 +13,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from contract.blend import final_scores
+from contract.blend import order as rank_order
 from server.rules.config import EMPTY_RULE_SET, RuleSet
-from server.rules.engine import blend_columns
 from server.types import ScoredFrom, ScoredItem
 
 
@@ -39,23 +40,9 @@ def rank_by_score(ruleset: RuleSet | None, item_ids: Sequence[str], model_scores
         return None
     rs = ruleset or EMPTY_RULE_SET
     model = np.where(scored, model_scores, 0.0)  # the engine's model_score of an unscored item
-    if rs.blend is not None and n:
-        blended = blend_columns(rs.blend, model, scored, retrieval_scores)
-        with np.errstate(all="ignore"):  # inf - inf is NaN here as in the engine's floats
-            # As the engine books it: final = model + delta, delta = blended - model (float64).
-            final = model + (blended - model)
-    else:
-        final = model
+    final = final_scores(rs.blend, model, scored, retrieval_scores)
     tier = ~scored  # unscored candidates after every scored one
-    key = np.where(np.isnan(final), np.inf, -final)  # NaN after every number, as the engine
-    order = np.lexsort((key, tier))
-    k_sorted, t_sorted = key[order], tier[order]
-    if n > 1 and ((k_sorted[1:] == k_sorted[:-1]) & (t_sorted[1:] == t_sorted[:-1])).any():
-        # Ties are ordered by item_id (rare with real scores): the engine's exact key in Python.
-        keys, tiers = key.tolist(), tier.tolist()
-        order = sorted(range(n), key=lambda i: (tiers[i], keys[i], item_ids[i]))
-    else:
-        order = order.tolist()
+    order = rank_order(item_ids, final, scored)
     if top_n > 0:
         order = order[:top_n]
     finals, models, unscored = final.tolist(), model.tolist(), tier.tolist()

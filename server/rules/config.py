@@ -18,11 +18,12 @@ from typing import Any
 
 import yaml
 
+from contract.blend import NORMALIZATIONS as NORMALIZERS
+from contract.blend import Blend
 from server.errors import InvalidArgument
 from server.types import EVENT_TYPES
 
 DEFAULT_RULE_SET = "default"
-NORMALIZERS = ("minmax", "sigmoid", "none")
 _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_\-]*$")
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
 _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -173,19 +174,6 @@ class AttributeFilter:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "match", compile_when(self.when))
-
-
-@dataclass(frozen=True, slots=True)
-class Blend:
-    """Replace the score by ``model_weight * norm(model) + retrieval_weight * norm(retrieval)``."""
-
-    name: str = "blend"
-    model_weight: float = 1.0
-    retrieval_weight: float = 0.0
-    model_normalize: str = "minmax"
-    retrieval_normalize: str = "minmax"
-    # Normalized retrieval value used for candidates sent without a retrieval score.
-    missing_retrieval: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,9 +17,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from contract.blend import Blend, blend_columns
 from server.rules.config import (
     EMPTY_RULE_SET,
-    Blend,
     DiversityCap,
     Mmr,
     RuleSet,
@@ -75,38 +75,6 @@ def _blended(entries: list[_Entry], blend: Blend) -> list[float]:
     # None -> NaN in a float array; retrieval scores themselves are finite (validated).
     retr = np.array([c.retrieval_score for c in cs], dtype=np.float64)
     return blend_columns(blend, model, scored, retr).tolist()
-
-
-def blend_columns(blend: Blend, model: np.ndarray, scored: np.ndarray, retrieval: np.ndarray) -> np.ndarray:
-    """``model_weight * norm(model) + retrieval_weight * norm(retrieval)`` per candidate,
-    vectorized (normalization needs the whole set anyway). ``retrieval`` is NaN where absent."""
-    has_r = ~np.isnan(retrieval)
-    with np.errstate(all="ignore"):
-        m = np.where(scored, _normalize(blend.model_normalize, model, scored), 0.0)
-        r = np.where(has_r, _normalize(blend.retrieval_normalize, retrieval, has_r), blend.missing_retrieval)
-        return blend.model_weight * m + blend.retrieval_weight * r
-
-
-def _normalize(kind: str, x: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Normalize ``x``; ``minmax`` takes its range from the finite entries under ``mask``
-    (this request's surviving candidates); a constant set maps to the neutral 0.5."""
-    if kind == "none":
-        return x
-    if kind == "sigmoid":
-        out = np.empty_like(x)
-        pos = x >= 0
-        out[pos] = 1.0 / (1.0 + np.exp(-x[pos]))
-        z = np.exp(x[~pos])
-        out[~pos] = z / (1.0 + z)
-        return out
-    ref = x[mask & np.isfinite(x)]
-    if ref.size == 0:
-        return np.full_like(x, 0.5)
-    lo, hi = float(ref.min()), float(ref.max())
-    span = hi - lo
-    if not (span > 0 and math.isfinite(span)):
-        return np.full_like(x, 0.5)
-    return np.clip((x - lo) / span, 0.0, 1.0)
 
 
 def _score(entries: list[_Entry], ruleset: RuleSet) -> None:

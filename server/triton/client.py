@@ -17,8 +17,8 @@ import numpy as np
 import tritonclient.grpc.aio as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from server.core.model_spec import ModelSpec
-from server.core.tokenize import EncodedBatch
+from contract.model_spec import ModelSpec
+from contract.tokenize import EncodedBatch
 from server.errors import DeadlineExceeded, RerankdError, Unavailable
 
 

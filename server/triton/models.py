@@ -12,8 +12,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from server.core.model_spec import Manifest
-from server.core.tokenize import PairTokenizer
+from contract.model_spec import Manifest
+from contract.tokenize import PairTokenizer
 from server.errors import Unavailable
 
 log = logging.getLogger(__name__)

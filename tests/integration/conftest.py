@@ -40,7 +40,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def model_repo(tmp_path_factory, tiny_model_dir) -> Path:
-    from export.pipeline import run_export
+    from export.build import run_export
 
     repo = tmp_path_factory.mktemp("model_repository")
     run_export(tiny_model_dir, repo, backend_src=BACKEND_SRC, log=lambda *a: None)

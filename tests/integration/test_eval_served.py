@@ -4,6 +4,7 @@ the served metrics must equal the in-process ones."""
 
 import pytest
 
+from contract.blend import Blend
 from tests.integration.conftest import triton_install
 
 pytestmark = pytest.mark.integration
@@ -13,7 +14,7 @@ USERS = [str(u) for u in range(1, 9)]
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_model_dir, movielens_folder):
-    from export.train import TrainConfig, TrainingData, train
+    from training.train import TrainConfig, TrainingData, train
 
     triton_install()
     folder = movielens_folder
@@ -26,10 +27,10 @@ def trained(tmp_path_factory, tiny_model_dir, movielens_folder):
 
 
 def test_served_and_in_process_evaluations_agree(trained, tmp_path):
-    from export.evaluate import run_eval
+    from evaluation.evaluate import run_eval
 
     folder, data, vdir = trained
-    rep = run_eval(vdir, split_name="test", paths=("served", "in-process"), blend=(0.5, 0.5),
+    rep = run_eval(vdir, split_name="test", paths=("served", "in-process"), blend=Blend(model_weight=0.5, retrieval_weight=0.5),
                    data_dir=folder, split=data.split, items=list(data.items.values()),
                    reports_dir=tmp_path / "reports", score_all=True, work_dir=tmp_path, log=lambda *_: None)
     served, local = rep.paths["served"], rep.paths["in-process"]

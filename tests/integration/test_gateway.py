@@ -10,13 +10,13 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from contract.items import Item
+from contract.model_spec import Manifest
+from contract.render import render_item, render_user
+from contract.tokenize import PairTokenizer
 from server.api.pb import reranker_pb2 as pb
 from server.api.pb import reranker_pb2_grpc as pb_grpc
-from server.core.model_spec import Manifest
-from server.core.render import render_item, render_user
-from server.core.tokenize import PairTokenizer
 from server.devstack import grpc_health
-from server.types import Item
 from tests.integration.conftest import gateway_process, inference_counts, queue_delay
 
 pytestmark = pytest.mark.integration

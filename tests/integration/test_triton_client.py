@@ -9,8 +9,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from server.core.model_spec import Manifest
-from server.core.tokenize import PairTokenizer
+from contract.model_spec import Manifest
+from contract.tokenize import PairTokenizer
 from server.errors import DeadlineExceeded, Unavailable
 from server.triton.client import TritonScorer
 from server.triton.launcher import free_port

@@ -1,6 +1,6 @@
 """``rerankd client`` argument parsing: --addr / --timeout before or after the subcommand."""
 
-from server.cli import build_parser
+from cli.main import build_parser
 
 
 def test_addr_and_timeout_are_accepted_on_either_side_of_the_subcommand():
@@ -13,8 +13,8 @@ def test_addr_and_timeout_are_accepted_on_either_side_of_the_subcommand():
 
 
 def test_rerank_prints_whether_each_item_was_read_from_its_token_or_text(capsys):
+    from cli.client import _rerank
     from server.api.pb import reranker_pb2 as pb
-    from server.client import _rerank
 
     class Stub:
         def Rerank(self, req, timeout):

@@ -1,4 +1,4 @@
-from server.core.model_spec import Manifest, ModelSpec
+from contract.model_spec import Manifest, ModelSpec
 from server.settings import PROJECT_ROOT
 
 

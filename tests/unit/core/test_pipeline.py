@@ -11,13 +11,21 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from server.core.model_spec import Manifest, ModelSpec
+from contract.blend import Blend
+from contract.model_spec import Manifest, ModelSpec
+from contract.tokenize import PairTokenizer
 from server.core.pipeline import Pipeline, PipelineConfig
 from server.core.score_cache import ScoreCache
-from server.core.tokenize import PairTokenizer
 from server.errors import DeadlineExceeded, InvalidArgument, Unavailable
 from server.features.sqlite import SqliteStore
-from server.types import Candidate, Event, Item, RequestContext, RerankRequest, ScoredFrom
+from server.types import (
+    Candidate,
+    Event,
+    Item,
+    RequestContext,
+    RerankRequest,
+    ScoredFrom,
+)
 
 
 @pytest.fixture(scope="module")
@@ -141,8 +149,7 @@ def test_model_recommended_blend_applies_when_rules_set_none(tokenizer, tmp_path
     # Scores = token counts: "bb" items are longer; retrieval favours the short one.
     cands = (Candidate("a", 10.0, text="short"), Candidate("b", 0.0, text="a much longer item title here"))
     assert run(pipe.rerank(RerankRequest("u", cands))).items[0].item_id == "b"  # model order
-    pipe.models.current.manifest.training["blend"] = {"model_weight": 0.2, "retrieval_weight": 0.8,
-                                                      "normalize": "minmax"}
+    pipe.models.current.manifest.blend = Blend(name="model_blend", model_weight=0.2, retrieval_weight=0.8)
     resp = run(pipe.rerank(RerankRequest("u", cands, explain=True)))
     assert resp.items[0].item_id == "a"
     assert resp.items[0].explanation.adjustments[0][0] == "model_blend"

@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 
-from server.core.model_spec import ModelSpec
-from server.core.render import EMPTY_HISTORY, render_item, render_user
-from server.core.tokenize import PairTokenizer
-from server.types import Item
+from contract.items import Item
+from contract.model_spec import ModelSpec
+from contract.render import EMPTY_HISTORY, render_item, render_user
+from contract.tokenize import PairTokenizer
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +48,7 @@ def test_encode_truncates_to_the_largest_bucket(tokenizer_path):
 def test_truncate_pair_matches_the_tokenizers_library(tokenizer_path):
     from tokenizers import Tokenizer
 
-    from server.core.tokenize import truncate_pair
+    from contract.tokenize import truncate_pair
 
     tok = Tokenizer.from_file(str(tokenizer_path))
     tok.no_padding()
@@ -113,7 +113,7 @@ def test_joined_rows_equal_the_scattered_assembly(tokenizer_path):
 def test_vectorized_truncation_equals_the_scalar_rule():
     import numpy as np
 
-    from server.core.tokenize import truncate_pair, truncate_pairs
+    from contract.tokenize import truncate_pair, truncate_pairs
 
     n2 = np.arange(0, 80)
     for budget in (1, 2, 13, 14, 61):
@@ -123,8 +123,8 @@ def test_vectorized_truncation_equals_the_scalar_rule():
 
 
 def test_renderer_memo_follows_item_identity():
-    from server.core.render import Renderer
-    from server.types import Item
+    from contract.items import Item
+    from contract.render import Renderer
 
     r = Renderer()
     old = Item("7", title="Old title")

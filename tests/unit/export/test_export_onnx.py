@@ -11,14 +11,19 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 onnx = pytest.importorskip("onnx")
 
+from contract.model_spec import Manifest, ModelSpec  # noqa: E402
+from contract.tokenize import EncodedBatch, PairTokenizer  # noqa: E402
 from export.base_model import load_for_export  # noqa: E402
-from export.pipeline import has_version, run_export  # noqa: E402
+from export.build import has_version, run_export  # noqa: E402
 from export.tiny import make_tiny_model  # noqa: E402
 from export.to_onnx import export_onnx, onnx_session, run_onnx  # noqa: E402
-from export.verify import (ExportVerificationError, encode_pairs, max_abs_diff,  # noqa: E402
-                           sample_pairs, torch_scores)
-from server.core.model_spec import Manifest, ModelSpec  # noqa: E402
-from server.core.tokenize import EncodedBatch, PairTokenizer  # noqa: E402
+from export.verify import (  # noqa: E402
+    ExportVerificationError,
+    encode_pairs,
+    max_abs_diff,
+    sample_pairs,
+    torch_scores,
+)
 
 SPEC = ModelSpec()
 

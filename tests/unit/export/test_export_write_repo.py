@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from contract.model_spec import Manifest, ModelSpec
 from export.write_repo import next_version, write_config, write_version
-from server.core.model_spec import Manifest, ModelSpec
 
 
 @pytest.fixture

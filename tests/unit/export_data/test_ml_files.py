@@ -4,10 +4,15 @@ import asyncio
 
 import pytest
 
-from export.data import Interaction, leave_one_out, load_interactions, load_items
-from export.movielens_load import load_into_store
+from contract.items import Item
+from interactions.movielens import (
+    Interaction,
+    leave_one_out,
+    load_interactions,
+    load_items,
+)
+from interactions.to_store import load_into_store
 from server.features.sqlite import SqliteStore
-from server.types import Item
 
 INTER = (
     "user_id:token\titem_id:token\trating:float\ttimestamp:float\n"

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from export.metrics import evaluate, hit_rate, mrr, ndcg
+from evaluation.metrics import evaluate, hit_rate, mrr, ndcg
 
 RANKED = ["a", "b", "c", "d"]
 

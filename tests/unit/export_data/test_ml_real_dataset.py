@@ -6,8 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from export import data
-from export.data import fetch_movielens, leave_one_out, load_interactions, load_items
+from interactions import movielens as data
+from interactions.movielens import (
+    fetch_movielens,
+    leave_one_out,
+    load_interactions,
+    load_items,
+)
 
 
 @pytest.fixture(scope="module")

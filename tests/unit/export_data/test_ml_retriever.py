@@ -1,7 +1,7 @@
 import pytest
 
-from export.data import Interaction
-from export.retriever import ItemKNNRetriever, PopRetriever
+from evaluation.retriever import ItemKNNRetriever, PopRetriever
+from interactions.movielens import Interaction
 
 
 def train_of(histories: dict[str, list[str]]):
@@ -67,7 +67,7 @@ def test_transition_teacher_counts_by_hand():
 
     import numpy as np
 
-    from export.retriever import TransitionTeacher
+    from evaluation.retriever import TransitionTeacher
 
     # Train sequences (oldest first): u1: a b c, u2: a c. history(u, "valid") is newest first.
     seqs = {"u1": ["a", "b", "c"], "u2": ["a", "c"]}

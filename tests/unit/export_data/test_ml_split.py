@@ -1,6 +1,6 @@
 import pytest
 
-from export.data import Interaction, Split, leave_one_out
+from interactions.movielens import Interaction, Split, leave_one_out
 
 
 def ix(user, item, ts, row, rating=4.0):

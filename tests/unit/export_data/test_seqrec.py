@@ -1,4 +1,4 @@
-"""GRU4Rec reference model (export.seqrec) on a tiny synthetic split: every user walks a
+"""GRU4Rec reference model (evaluation.seqrec) on a tiny synthetic split: every user walks a
 fixed cycle of items, so the next item is always predictable."""
 
 import random
@@ -7,8 +7,14 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from export.data import Interaction, leave_one_out  # noqa: E402
-from export.seqrec import Config, _windows, evaluate_model, fit_gru4rec, reference_metrics  # noqa: E402
+from evaluation.seqrec import (  # noqa: E402
+    Config,
+    _windows,
+    evaluate_model,
+    fit_gru4rec,
+    reference_metrics,
+)
+from interactions.movielens import Interaction, leave_one_out  # noqa: E402
 
 N_ITEMS = 40
 SMALL = Config(emb=16, hidden=32, dropout=0.0, lr=1e-2, batch=32, max_len=8)

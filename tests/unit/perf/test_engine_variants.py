@@ -9,9 +9,9 @@ import json
 import numpy as np
 import pytest
 
+from contract.model_spec import ModelSpec
 from export import engines as E
 from perf.stack import BACKEND_SRC
-from server.core.model_spec import ModelSpec
 
 pytest.importorskip("torch")
 HAS_OV = importlib.util.find_spec("openvino") is not None
@@ -19,10 +19,10 @@ HAS_OV = importlib.util.find_spec("openvino") is not None
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
+    from contract.tokenize import PairTokenizer
+    from export.base_model import load_for_export
     from export.tiny import make_tiny_model
     from export.to_onnx import export_onnx
-    from export.base_model import load_for_export
-    from server.core.tokenize import PairTokenizer
 
     d = tmp_path_factory.mktemp("tiny")
     hf = make_tiny_model(d / "hf")
@@ -72,7 +72,7 @@ def test_openvino_variant_matches_fp32(tiny):
 
 
 def test_run_export_writes_the_engine_into_the_version_not_the_shared_config(tiny, tmp_path, monkeypatch):
-    from export.pipeline import run_export
+    from export.build import run_export
 
     monkeypatch.setattr(E, "movielens_requests", lambda *a, **k: None)  # no data set needed
     # A random tiny model's scores barely spread (std ~1e-5), so int8 noise reorders them:
@@ -97,7 +97,7 @@ def test_run_export_writes_the_engine_into_the_version_not_the_shared_config(tin
 
 
 def test_run_export_default_keeps_onnxruntime_and_default_parameters(tiny, tmp_path):
-    from export.pipeline import run_export
+    from export.build import run_export
 
     repo = tmp_path / "repo"
     version, _ = run_export(tiny["hf"], repo, log=lambda *_: None)
@@ -107,7 +107,7 @@ def test_run_export_default_keeps_onnxruntime_and_default_parameters(tiny, tmp_p
 
 
 def test_run_export_rejects_a_variant_beyond_tolerance_and_writes_nothing(tiny, tmp_path, monkeypatch):
-    from export.pipeline import run_export
+    from export.build import run_export
 
     monkeypatch.setattr(E, "movielens_requests", lambda *a, **k: None)
     monkeypatch.setattr(E, "AGREEMENT_TOLERANCE", {"spearman_min": 1.01, "top10_overlap_min": 0.0})

@@ -8,10 +8,10 @@ import random
 import numpy as np
 import pytest
 
+from contract.items import ScoredFrom
 from server.rules import RuleCandidate, RuleSet, apply_rules
 from server.rules.columnar import orders_by_score_only, rank_by_score
 from server.rules.config import Blend, Boost, Pin
-from server.types import ScoredFrom
 
 BLENDS = [None, Blend(), Blend(model_weight=0.5, retrieval_weight=1.0),
           Blend(model_normalize="none", retrieval_normalize="minmax", retrieval_weight=2.0, missing_retrieval=0.3),

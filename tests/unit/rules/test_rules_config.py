@@ -5,7 +5,12 @@ from pathlib import Path
 import pytest
 
 from server.errors import InvalidArgument
-from server.rules.config import EMPTY_RULE_SET, apply_overrides, parse_rule_set, parse_rules
+from server.rules.config import (
+    EMPTY_RULE_SET,
+    apply_overrides,
+    parse_rule_set,
+    parse_rules,
+)
 
 EXAMPLE = Path(__file__).resolve().parents[3] / "server" / "rules" / "example_rules.yaml"
 

@@ -6,7 +6,9 @@ import random
 import numpy as np
 import pytest
 
-from export.coldstart import (
+from contract.items import Item
+from contract.render import Renderer, RenderOptions
+from evaluation.coldstart import (
     ColdList,
     auc,
     build_cold_lists,
@@ -18,9 +20,7 @@ from export.coldstart import (
     top_share,
     warm_interactions,
 )
-from export.data import Interaction, leave_one_out
-from server.core.render import Renderer, RenderOptions
-from server.types import Item
+from interactions.movielens import Interaction, leave_one_out
 
 
 def test_cold_items_are_a_seeded_share_of_the_catalogue():
@@ -99,7 +99,14 @@ def _synthetic(n_users=40, n_items=60, length=12, seed=0):
 def test_training_never_sees_a_held_out_item_as_target_negative_or_token(tmp_path):
     pytest.importorskip("torch")
     from export.tiny import make_tiny_model
-    from export.train import ExampleSampler, TrainConfig, TrainEncoder, TrainingData, build_model, training_positions
+    from training.train import (
+        ExampleSampler,
+        TrainConfig,
+        TrainEncoder,
+        TrainingData,
+        build_model,
+        training_positions,
+    )
 
     rows, items = _synthetic()
     cold = cold_items([i.item_id for i in items], 0.2, seed=3)
@@ -139,7 +146,7 @@ def test_id_dropout_renders_the_dropped_items_exactly_as_cold_items_read():
 
 
 def test_cold_and_mixed_lists_follow_the_protocol():
-    from export.retriever import ItemKNNRetriever
+    from evaluation.retriever import ItemKNNRetriever
 
     rows, items = _synthetic(n_users=60, n_items=200, length=15, seed=1)
     split = leave_one_out(rows)
@@ -165,7 +172,7 @@ def test_cold_and_mixed_lists_follow_the_protocol():
 
 # -- calibration: text-read items onto the token-read items' scale --------------------------------
 def test_apply_text_offset_moves_only_the_text_read_scores():
-    from server.core.calibration import apply_text_offset
+    from contract.calibration import apply_text_offset
 
     assert apply_text_offset([1.0, 2.0, 3.0], [True, False, True], -0.5) == [0.5, 2.0, 2.5]
     assert apply_text_offset([1.0], [True], 0.0) == [1.0]
@@ -176,7 +183,7 @@ def test_the_offset_gives_text_read_items_the_share_they_take_as_tokens():
     from its token: the offset found must undo that, and the shares then match."""
     from types import SimpleNamespace
 
-    from export.coldstart import choose_text_offset
+    from evaluation.coldstart import choose_text_offset
 
     rng = random.Random(0)
     items = [str(i) for i in range(1, 401)]
@@ -205,7 +212,7 @@ def test_the_offset_gives_text_read_items_the_share_they_take_as_tokens():
 def test_a_model_without_item_tokens_needs_no_offset():
     from types import SimpleNamespace
 
-    from export.coldstart import choose_text_offset
+    from evaluation.coldstart import choose_text_offset
 
     enc = SimpleNamespace(renderer=SimpleNamespace(options=SimpleNamespace(item_tokens=False)))
     assert choose_text_offset([("u", [], ["a"], [0.0])], [np.zeros(1)], None, enc, None)["offset"] == 0.0

@@ -8,8 +8,14 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from server.core.model_spec import Manifest, ModelSpec
-from server.core.render import EMPTY_HISTORY, Renderer, RenderOptions, render_item, render_user
+from contract.model_spec import Manifest, ModelSpec
+from contract.render import (
+    EMPTY_HISTORY,
+    Renderer,
+    RenderOptions,
+    render_item,
+    render_user,
+)
 from server.types import Event, Item
 
 ITEMS = {
@@ -83,11 +89,11 @@ class _Capture:
 def test_training_eval_and_serving_encode_identical_token_ids(tokenizer_with_items, tmp_path):
     """The pin: the training encoder, the in-process evaluator's renderer + tokenizer and the
     gateway pipeline (history from the store) produce the same ids for the same list."""
-    from export.train import TrainEncoder
+    from contract.tokenize import PairTokenizer
     from server.core.pipeline import Pipeline, PipelineConfig
-    from server.core.tokenize import PairTokenizer
     from server.features.sqlite import SqliteStore
     from server.types import Candidate, RerankRequest
+    from training.train import TrainEncoder
 
     opts = RenderOptions(item_tokens=True, history_titles=False, item_text=True,
                          item_attributes=("year", "genres"), history_items=3)

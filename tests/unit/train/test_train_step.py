@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-
 USERS = [str(u) for u in range(1, 7)]
 
 
@@ -18,7 +17,7 @@ def folder(movielens_folder):
 
 @pytest.fixture(scope="module")
 def data(folder):
-    from export.train import TrainingData
+    from training.train import TrainingData
 
     return TrainingData.load(folder, users=USERS)
 
@@ -32,7 +31,7 @@ def tiny(tmp_path_factory):
 
 
 def cfg(tiny, **kw):
-    from export.train import TrainConfig
+    from training.train import TrainConfig
 
     base = dict(base_model=str(tiny), max_steps=2, negatives=3, lists_per_step=2, budget_min=5,
                 checkpoint_every_min=0, blend_grid=(0.0, 0.5, 1.0), positives="all",
@@ -42,7 +41,7 @@ def cfg(tiny, **kw):
 
 
 def test_training_positions_and_hard_negatives(data):
-    from export.train import ExampleSampler, TrainConfig, training_positions
+    from training.train import ExampleSampler, TrainConfig, training_positions
 
     split = data.split
     pos = training_positions(split)
@@ -71,10 +70,10 @@ def test_training_positions_and_hard_negatives(data):
 
 
 def test_one_step_checkpoint_resume_export_and_eval(data, tiny, tmp_path, folder):
-    from export.evaluate import run_eval
-    from export.train import train
-    from server.core.model_spec import Manifest
-    from server.core.render import RenderOptions
+    from contract.model_spec import Manifest
+    from contract.render import RenderOptions
+    from evaluation.evaluate import run_eval
+    from training.train import train
 
     repo, work = tmp_path / "repo", tmp_path / "work"
     c = cfg(tiny, max_steps=1, checkpoint_every_min=1e-9, init_tokens="title_mean+cf")
@@ -91,7 +90,7 @@ def test_one_step_checkpoint_resume_export_and_eval(data, tiny, tmp_path, folder
     assert RenderOptions.from_dict(m.render) == c.render_options() and m.render["item_tokens"]
     assert m.training["config"]["seed"] == 0 and m.training["steps"] == 1
     assert m.training["data"]["users"] == len(USERS) and "leave-one-out" in m.training["data"]["split"]
-    assert set(m.training["blend"]) >= {"model_weight", "retrieval_weight"}
+    assert m.blend is not None and m.blend.name == "model_blend" and m.training["blend_chosen_on"]
     assert "ndcg@10" in m.metrics["validation"]["model"]
     assert m.base_model.startswith("fine-tuned from")
     # The default engine is openvino_int8, but this tiny random model scores every pair alike,
@@ -114,7 +113,7 @@ def test_one_step_checkpoint_resume_export_and_eval(data, tiny, tmp_path, folder
 
 
 def test_budget_is_respected(data, tiny, tmp_path):
-    from export.train import BudgetExceeded, train
+    from training.train import BudgetExceeded, train
 
     # Generous enough that model loading on a busy 2-core machine still leaves time to train.
     res = train(cfg(tiny, max_steps=0, epochs=50, budget_min=0.5), data, repo=None, work_dir=tmp_path,
@@ -126,7 +125,7 @@ def test_budget_is_respected(data, tiny, tmp_path):
 
 
 def test_distillation_changes_the_loss_and_can_be_turned_off(data, tiny, tmp_path):
-    from export.train import train
+    from training.train import train
 
     on = train(cfg(tiny, max_steps=1, distill=3.0), data, repo=None, work_dir=tmp_path / "on",
                export=False, log=lambda *_: None)

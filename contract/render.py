@@ -17,7 +17,7 @@ import dataclasses
 from collections.abc import Callable, Container, Mapping, Sequence
 from dataclasses import dataclass
 
-from server.types import Item, ScoredFrom
+from contract.items import Item, ScoredFrom
 
 # Attributes that carry meaning for the model, in the order they are rendered.
 RENDERED_ATTRIBUTES = ("year", "genres", "category", "brand")

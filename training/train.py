@@ -1,8 +1,8 @@
 """Fine-tune the cross-encoder reranker on MovieLens-100K, then export it as a model version.
 
 What is learned: next-item prediction on each user's *training* sequence (leave-one-out
-split, ``export.data``). Every position t of a user's train sequence is one example: the
-user side is the items before t (most recent first, rendered by ``server.core.render``
+split, ``interactions.movielens``). Every position t of a user's train sequence is one example: the
+user side is the items before t (most recent first, rendered by ``contract.render``
 exactly as the gateway renders a served history), the positive is the item at t, the
 negatives are hard ones, from the first-stage retriever (ItemKNN top-50 for that history,
 the user's own train items removed) topped up with popular items. The loss is listwise:
@@ -13,16 +13,16 @@ embedding starts as the mean word-piece embedding of the item's title), a larger
 rate for them and the new head, how many layers of MiniLM to keep, history length,
 negatives per positive, bf16 autocast, dropout off, eager attention.
 
-Cold start (``export.coldstart``): ID dropout renders a share of items as text alone, as an
+Cold start (``evaluation.coldstart``): ID dropout renders a share of items as text alone, as an
 item created after training reads, so one model ranks token items and text items on one
-scale; validation then picks the version's text offset (``server.core.calibration``). With
+scale; validation then picks the version's text offset (``contract.calibration``). With
 ``cold_holdout`` a seeded share of the items is left out of training entirely, for the
 cold-start protocol.
 
 The run respects a wall-clock budget that covers everything: training stops early enough
 to leave time for the final validation pass and the export. Checkpoints are written
 periodically (``--resume`` continues from the last one). After training, validation picks
-the retrieval-blend weight (``export.evaluate``) and the model is exported as the next
+the retrieval-blend weight (``evaluation.evaluate``) and the model is exported as the next
 version of the model repository with a manifest (base model, data, split, hyper-parameters,
 validation metrics, render options).
 """
@@ -43,9 +43,10 @@ from pathlib import Path
 
 import numpy as np
 
-from server.core.model_spec import ModelSpec
-from server.core.render import Renderer, RenderOptions, vocabulary_lookup
-from server.types import Item
+from contract.blend import Blend
+from contract.items import Item
+from contract.model_spec import MODEL_BLEND, ModelSpec
+from contract.render import Renderer, RenderOptions, vocabulary_lookup
 
 # On a shared machine, OpenMP threads that spin while waiting turn every small op into a
 # scheduling fight: measured here under load, 2 spinning threads trained at 22 pairs/s, 2
@@ -104,7 +105,7 @@ class TrainConfig:
     item_text: bool = False
     item_attributes: tuple[str, ...] = ("year", "genres")
     history_items: int = 10
-    # Cold start (export.coldstart): ID dropout renders a share of warm items without their
+    # Cold start (evaluation.coldstart): ID dropout renders a share of warm items without their
     # token, as every item created after training reads, so one model learns to rank items
     # from text and from tokens on one score scale. Candidate side and history side apart.
     id_dropout: float = 0.2
@@ -159,11 +160,11 @@ class TrainingData:
     @classmethod
     def load(cls, folder: Path, users: Sequence[str] | None = None, cold_holdout: float = 0.0,
              cold_seed: int = 0) -> TrainingData:
-        """MovieLens-100K from ``folder`` (``export.data.fetch_movielens``); ``users``
+        """MovieLens-100K from ``folder`` (``interactions.movielens.fetch_movielens``); ``users``
         restricts it to a slice (fast tests); ``cold_holdout`` holds that share of the items
-        out of training (``export.coldstart.cold_items``)."""
-        from export.coldstart import cold_items
-        from export.data import leave_one_out, load_interactions, load_items
+        out of training (``evaluation.coldstart.cold_items``)."""
+        from evaluation.coldstart import cold_items
+        from interactions.movielens import leave_one_out, load_interactions, load_items
 
         interactions = load_interactions(folder)
         if users is not None:
@@ -176,8 +177,8 @@ class TrainingData:
     @classmethod
     def from_parts(cls, split, items: Sequence[Item], data_dir: Path | None = None,
                    cold: frozenset[str] = frozenset()) -> TrainingData:
-        from export.coldstart import warm_interactions
-        from export.retriever import ItemKNNRetriever
+        from evaluation.coldstart import warm_interactions
+        from evaluation.retriever import ItemKNNRetriever
 
         catalogue = [i.item_id for i in items if i.item_id not in cold]
         knn = ItemKNNRetriever().fit(warm_interactions(split.interactions("valid"), cold), items=catalogue)
@@ -328,7 +329,7 @@ def build_model(cfg: TrainConfig, items: dict[str, Item], log: Callable[[str], o
 
 
 def _id_key(item_id: str):
-    from export.data import id_sort_key
+    from interactions.movielens import id_sort_key
 
     return id_sort_key(item_id)
 
@@ -385,7 +386,7 @@ class TrainEncoder:
                  id_dropout: float = 0.0, history_id_dropout: float = 0.0):
         from tokenizers import Tokenizer
 
-        from server.core.tokenize import PairTokenizer
+        from contract.tokenize import PairTokenizer
 
         tok = Tokenizer.from_str(tokenizer.to_str())
         buckets = tuple(b for b in _TRAIN_BUCKETS if b < max_seq_len) + (max_seq_len,)
@@ -609,8 +610,12 @@ def train(cfg: TrainConfig, data: TrainingData, *, repo: Path | None, work_dir: 
     skips the export (the fine-tuned HF folder stays in ``work_dir/final``)."""
     import torch
 
-    from export.coldstart import COLD_IN_MIXED, choose_text_offset
-    from export.evaluate import blend_from_scores, score_lists, validation_candidates
+    from evaluation.coldstart import COLD_IN_MIXED, choose_text_offset
+    from evaluation.evaluate import (
+        blend_from_scores,
+        score_lists,
+        validation_candidates,
+    )
 
     t_start = time.monotonic()
     deadline = t_start + cfg.budget_min * 60.0
@@ -645,7 +650,7 @@ def train(cfg: TrainConfig, data: TrainingData, *, repo: Path | None, work_dir: 
     for g in optimizer.param_groups:
         g["base_lr"] = g["lr"]
 
-    from export.retriever import TransitionTeacher
+    from evaluation.retriever import TransitionTeacher
 
     teacher = (TransitionTeacher(data.split, sorted(data.warm_items, key=_id_key), upto="valid")
                if cfg.distill > 0 else None)
@@ -806,7 +811,7 @@ def train(cfg: TrainConfig, data: TrainingData, *, repo: Path | None, work_dir: 
     (work_dir / "validation.json").write_text(json.dumps(valid, indent=1))
     log(f"train: validation in {time.monotonic() - t0:.0f}s: model-alone NDCG@10 "
         f"{valid['model']['ndcg@10']:.4f} (random {valid['random']['ndcg@10']:.4f}), retriever "
-        f"{valid['retriever']['ndcg@10']:.4f}, best blend {_blend_text(valid['blend'])} -> "
+        f"{valid['retriever']['ndcg@10']:.4f}, best blend {Blend.from_dict(valid['blend']).describe()} -> "
         f"{valid['blend']['metrics']['ndcg@10']:.4f}; text offset {valid['text_offset']['offset']:+.2f} "
         f"(text-read items' top-10 share {valid['text_offset']['share_text']:.4f} -> "
         f"{valid['text_offset']['share_text_calibrated']:.4f}, as tokens {valid['text_offset']['share_token']:.4f})")
@@ -820,13 +825,8 @@ def train(cfg: TrainConfig, data: TrainingData, *, repo: Path | None, work_dir: 
     return result
 
 
-def _blend_text(b: dict) -> str:
-    return (f"{b['model_weight']:g}*{b['model_normalize']}(model) + "
-            f"{b['retrieval_weight']:g}*{b['retrieval_normalize']}(retrieval)")
-
-
 def _curve_point(lists, targets, enc, scorer) -> float:
-    from export.evaluate import model_order, score_lists
+    from evaluation.evaluate import model_order, score_lists
 
     scores = score_lists([(h, c) for _, h, c, _ in lists], enc.encode_lists, scorer)
     tot = 0.0
@@ -855,7 +855,7 @@ def _write_tokenizer(tokenizer, base: Path | None, out: Path) -> None:
 
 
 def describe_data(data: TrainingData) -> dict:
-    from export.data import CHECKSUMS, DATASET
+    from interactions.movielens import CHECKSUMS, DATASET
 
     sp = data.split
     return {"dataset": DATASET, "source": "recbole==1.2.1 wheel", "sha256": dict(CHECKSUMS),
@@ -868,9 +868,9 @@ def describe_data(data: TrainingData) -> dict:
 def export_trained(hf_dir: Path, repo: Path, cfg: TrainConfig, data: TrainingData, result: TrainResult,
                    *, log: Callable[[str], object] = print, spec: ModelSpec | None = None) -> int:
     """Export the fine-tuned folder as the next version, manifest included."""
+    from contract.tokenize import PairTokenizer
     from export.base_model import default_base_model, describe_base_model
-    from export.pipeline import run_export
-    from server.core.tokenize import PairTokenizer
+    from export.build import run_export
 
     options = cfg.render_options()
     if spec is None:
@@ -898,8 +898,7 @@ def export_trained(hf_dir: Path, repo: Path, cfg: TrainConfig, data: TrainingDat
         "steps": result.steps, "pairs": result.pairs, "train_seconds": round(result.train_s, 1),
         "pairs_per_second": round(result.pairs_per_s, 1), "final_loss": round(result.final_loss, 4),
         "stopped_by": result.stopped_by,
-        "blend": {**{k: v for k, v in result.valid["blend"].items() if k != "metrics"},
-                  "chosen_on": "validation NDCG@10"},
+        "blend_chosen_on": "validation NDCG@10",
         "cold_start": {"id_dropout": cfg.id_dropout, "history_id_dropout": cfg.history_id_dropout,
                        "holdout_share": cfg.cold_holdout, "holdout_seed": cfg.cold_seed,
                        "held_out_items": sorted(data.cold, key=_id_key)},
@@ -913,6 +912,7 @@ def export_trained(hf_dir: Path, repo: Path, cfg: TrainConfig, data: TrainingDat
         version, _ = run_export(hf_dir, repo, spec=spec, training=training, metrics=metrics,
                                 render=options.to_dict(), extra_pairs=extra, engine=engine,
                                 item_tokens=item_tokens, text_offset=result.valid["text_offset"]["offset"],
+                                blend=Blend.from_dict(result.valid["blend"], name=MODEL_BLEND),
                                 base_model=f"fine-tuned from {describe_base_model(base)}",
                                 log=lambda m: log(m))
         return version
@@ -927,90 +927,3 @@ def export_trained(hf_dir: Path, repo: Path, cfg: TrainConfig, data: TrainingDat
         return export("onnxruntime")
 
 
-# -- command line ---------------------------------------------------------------------------------
-def trained_versions(repo: Path, name: str) -> list[int]:
-    """Versions of ``repo/name`` exported by ``train`` (their manifest records training steps)."""
-    from export.write_repo import existing_versions
-    from server.core.model_spec import Manifest
-
-    out = []
-    for v in existing_versions(repo, name):
-        folder = Path(repo) / name / str(v)
-        try:
-            if (folder / "model.onnx").is_file() and Manifest.read(folder / "manifest.json").training.get("steps"):
-                out.append(v)
-        except (OSError, ValueError):
-            continue
-    return out
-
-
-def main_args(args, settings) -> int:
-    """``rerankd train`` (see ``server.cli``)."""
-    from export.data import fetch_movielens
-    from server.settings import PROJECT_ROOT
-
-    repo = settings.triton.model_repository
-    name = settings.triton.model_name
-    if args.if_missing:
-        trained = trained_versions(repo, name)
-        if trained:
-            print(f"==> model repository {repo} already has a trained {name} version "
-                  f"({trained[-1]}); not training")
-            return 0
-    cfg = TrainConfig()
-    if args.config_json:
-        cfg = TrainConfig.from_dict(json.loads(Path(args.config_json).read_text()))
-    for key in ("seed", "budget_min", "max_steps", "epochs", "lr", "negatives", "layers",
-                "history_items", "lists_per_step", "valid_users", "distill", "engine",
-                "id_dropout", "history_id_dropout", "cold_holdout", "cold_seed"):
-        value = getattr(args, key, None)
-        if value is not None:
-            setattr(cfg, key, value)
-    if args.base:
-        cfg.base_model = str(args.base)
-    if args.text_only:
-        cfg.item_tokens = False
-        cfg.history_titles = True
-    folder = fetch_movielens(PROJECT_ROOT / ".cache" / "data")
-    data = TrainingData.load(folder, cold_holdout=cfg.cold_holdout, cold_seed=cfg.cold_seed)
-    if data.cold:
-        print(f"==> cold-start protocol: {len(data.cold)} items held out of training (seed {cfg.cold_seed})")
-    work = Path(args.work_dir) if args.work_dir else PROJECT_ROOT / "var" / "train"
-    print(f"==> training the reranker (budget {cfg.budget_min:g} min, seed {cfg.seed}); work dir {work}")
-    res = train(cfg, data, repo=repo, work_dir=work, resume=args.resume, export=not args.no_export)
-    if res.version is not None:
-        print(f"==> exported {name} version {res.version}: validation NDCG@10 model alone "
-              f"{res.valid['model']['ndcg@10']:.4f}, blended {res.valid['blend']['metrics']['ndcg@10']:.4f} "
-              f"(retriever {res.valid['retriever']['ndcg@10']:.4f}); {res.total_s / 60:.1f} min")
-    return 0
-
-
-def add_arguments(p) -> None:
-    p.add_argument("--budget-min", type=float, help="wall-clock budget for the whole run (default 10)")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--max-steps", type=int)
-    p.add_argument("--epochs", type=float)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--negatives", type=int)
-    p.add_argument("--lists-per-step", type=int)
-    p.add_argument("--layers", type=int, help="keep the first N transformer layers")
-    p.add_argument("--history-items", type=int)
-    p.add_argument("--engine", help="served engine: onnxruntime, onnxruntime_int8, openvino, "
-                   "openvino_int8 (default; falls back to onnxruntime if it disagrees with fp32)")
-    p.add_argument("--distill", type=float, help="weight of the transition-count teacher's listwise "
-                   "distillation loss (default 3; 0: next-item label only)")
-    p.add_argument("--id-dropout", type=float, help="share of candidate items rendered without their "
-                   "ID token in training, as cold items read (default 0.2)")
-    p.add_argument("--history-id-dropout", type=float, help="the same on the history side (default 0.05)")
-    p.add_argument("--cold-holdout", type=float, help="hold this share of items out of training "
-                   "entirely (the cold-start protocol of `rerankd eval --cold-start`; default 0)")
-    p.add_argument("--cold-seed", type=int, help="seed of the held-out items (default 0)")
-    p.add_argument("--valid-users", type=int, help="validate on the first N users (0: all)")
-    p.add_argument("--text-only", action="store_true", help="no item-ID tokens (titles only)")
-    p.add_argument("--base", help="HF model folder to start from (default: packaged MiniLM-L6)")
-    p.add_argument("--config-json", help="a TrainConfig as JSON (flags override it)")
-    p.add_argument("--work-dir", help="checkpoints and the fine-tuned folder (default var/train)")
-    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
-    p.add_argument("--no-export", action="store_true")
-    p.add_argument("--if-missing", action="store_true", help="do nothing if a model version exists")
-    p.add_argument("--model-repository")

@@ -2,7 +2,7 @@
 
 Protocol (``PROTOCOL``; also in the README and every report):
 
-- Leave-one-out split by timestamp per user, ties by the file's row order (``export.data``);
+- Leave-one-out split by timestamp per user, ties by the file's row order (``interactions.movielens``);
   validation target = second-last item (history = train), test target = last item
   (history = train + validation item). All 943 users, no rating threshold.
 - Candidates: ItemKNN over co-occurrence of the user's 3 most recent items (Pop fills the
@@ -15,7 +15,7 @@ Protocol (``PROTOCOL``; also in the README and every report):
   rules engine (``server.rules``): ``w_model * norm(model) + w_retrieval * minmax(retrieval)``
   with the weights and the model score's normalization (minmax per list, or the raw logit)
   chosen on validation only. For reference, the transition-count teacher that training
-  distils (``export.retriever.TransitionTeacher``) ranks the same candidates.
+  distils (``evaluation.retriever.TransitionTeacher``) ranks the same candidates.
 
 Only users whose target is among the candidates can change any metric, so by default
 only their lists are scored (``score_all=True`` scores every list; same numbers).
@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import os
 import random
 import shutil
@@ -43,7 +42,9 @@ from pathlib import Path
 
 import numpy as np
 
-from export.metrics import evaluate
+from contract.blend import Blend, model_order
+from contract.blend import blend_order as contract_blend_order
+from evaluation.metrics import evaluate
 
 KS = (5, 10, 20)
 PROTOCOL = __doc__.split("every report):", 1)[1].split("\n\nOnly users", 1)[0].strip()
@@ -71,7 +72,7 @@ def build_lists(split, catalogue: Sequence[str], upto: str, k: int = 50,
                 users: Sequence[str] | None = None) -> tuple[list[EvalList], dict[str, list[str]]]:
     """ItemKNN candidates for every user (fit on what is known before ``upto``'s target),
     and Pop's own top-``k`` rankings."""
-    from export.retriever import ItemKNNRetriever, PopRetriever
+    from evaluation.retriever import ItemKNNRetriever, PopRetriever
 
     known = split.interactions(upto)
     knn = ItemKNNRetriever().fit(known, items=catalogue)
@@ -103,108 +104,26 @@ def validation_candidates(data, k: int = 50, users: int | None = None) -> list[t
 
 
 # -- orders -------------------------------------------------------------------------------------
-def model_order(candidates: Sequence[str], scores: Sequence[float]) -> list[str]:
-    """Model score descending, ties by item id (as the gateway orders them)."""
-    return [c for _, c in sorted(zip((-float(s) for s in scores), candidates), key=lambda p: (p[0], p[1]))]
-
-
 def random_order(user: str, candidates: Sequence[str], seed: int = 0) -> list[str]:
     out = list(candidates)
     random.Random(f"{seed}:{user}").shuffle(out)
     return out
 
 
-@dataclass(frozen=True)
-class BlendSpec:
-    """``model_weight * norm(model) + retrieval_weight * norm(retrieval)`` per request, with
-    the rules engine's normalizations (``minmax`` over the request, ``sigmoid``, ``none``)."""
-
-    model_weight: float
-    retrieval_weight: float
-    model_normalize: str = "minmax"
-    retrieval_normalize: str = "minmax"
-    engine: object = None  # the server.rules RuleSet, when that package imports
-
-    def as_rule(self) -> dict:
-        return {"model_weight": self.model_weight, "retrieval_weight": self.retrieval_weight,
-                "model_normalize": self.model_normalize, "retrieval_normalize": self.retrieval_normalize}
-
-    def describe(self) -> str:
-        return (f"{self.model_weight:g} * {self.model_normalize}(model) + "
-                f"{self.retrieval_weight:g} * {self.retrieval_normalize}(retrieval)")
-
-
-def blend_rule_set(model_weight: float, retrieval_weight: float, model_normalize: str = "minmax",
-                   retrieval_normalize: str = "minmax", use_engine: bool = True) -> BlendSpec:
-    """The blend, run by the rules engine (``server.rules``, the code the gateway runs) when
-    it imports, else by ``_local_blend`` (the same formula; a unit test pins the two equal)."""
-    spec = BlendSpec(float(model_weight), float(retrieval_weight), model_normalize, retrieval_normalize)
-    if not use_engine:
-        return spec
-    try:
-        from server.rules.config import parse_rule_set
-    except Exception:  # noqa: BLE001 - a rules package mid-change must not stop an evaluation
-        return spec
-    rs = parse_rule_set(EVAL_RULE_SET, {"blend": spec.as_rule()})
-    return BlendSpec(spec.model_weight, spec.retrieval_weight, model_normalize, retrieval_normalize, rs)
-
-
-def _normalizer(kind: str, values: Sequence[float]):
-    if kind == "none":
-        return lambda x: x
-    if kind == "sigmoid":
-        def sigmoid(x: float) -> float:
-            if x >= 0:
-                return 1.0 / (1.0 + math.exp(-x))
-            z = math.exp(x)
-            return z / (1.0 + z)
-        return sigmoid
-    if kind != "minmax":
-        raise ValueError(f"unknown normalization {kind!r}")
-    finite = [v for v in values if math.isfinite(v)]
-    lo = min(finite, default=0.0)
-    span = max(finite, default=0.0) - lo
-    if not span > 0 or not math.isfinite(span):
-        return lambda x: 0.5
-    return lambda x: min(1.0, max(0.0, (x - lo) / span))
-
-
-def _local_blend(candidates: Sequence[str], model: Sequence[float], retrieval: Sequence[float],
-                 spec: BlendSpec) -> list[str]:
-    """The rules engine's blend (final = model + (blended - model), exactly as it accumulates
-    adjustments), ordered by final score then item id."""
-    mn, rn = _normalizer(spec.model_normalize, model), _normalizer(spec.retrieval_normalize, retrieval)
-    finals = []
-    for c, m, r in zip(candidates, model, retrieval):
-        b = spec.model_weight * mn(m) + spec.retrieval_weight * rn(r)
-        finals.append((-(m + (b - m)), c))
-    seen, out = set(), []
-    for _, c in sorted(finals):
-        if c not in seen:
-            seen.add(c)
-            out.append(c)
-    return out
-
-
 def blend_order(candidates: Sequence[str], model_scores: Sequence[float], retrieval: Sequence[float],
-                spec: BlendSpec) -> list[str]:
-    """Final order. Scores are taken as float32 values, as they travel on the wire (model
-    scores from Triton, retrieval scores in the proto)."""
-    model = [float(np.float32(m)) for m in model_scores]
-    retr = [float(np.float32(r)) for r in retrieval]
-    if spec.engine is None:
-        return _local_blend(candidates, model, retr, spec)
-    from server.rules import RuleCandidate, apply_rules
-
-    cands = [RuleCandidate(c, m, r) for c, m, r in zip(candidates, model, retr)]
-    return [it.item_id for it in apply_rules(spec.engine, cands, now=0.0).items]
+                blend: Blend | None) -> list[str]:
+    """Final order by the gateway's formula (``contract.blend``). Scores are taken as float32
+    values, as they travel on the wire (model scores from Triton, retrieval scores in the proto)."""
+    model = np.asarray(model_scores, dtype=np.float32).astype(np.float64)
+    retr = np.asarray(retrieval, dtype=np.float32).astype(np.float64)
+    return contract_blend_order(list(candidates), model, retr, blend)
 
 
-def blend_grid(retrieval_weights: Iterable[float]) -> list[BlendSpec]:
+def blend_grid(retrieval_weights: Iterable[float]) -> list[Blend]:
     """Candidates for the blend: per-request minmax of both scores with weights summing to 1,
     and the raw model logit (``none``) against minmax retrieval at a few scales."""
-    out = [BlendSpec(round(1.0 - w, 6), float(w)) for w in retrieval_weights]
-    out += [BlendSpec(wm, 1.0, "none", "minmax") for wm in (0.02, 0.05, 0.1, 0.2, 0.5)]
+    out = [Blend(model_weight=round(1.0 - w, 6), retrieval_weight=float(w)) for w in retrieval_weights]
+    out += [Blend(model_weight=wm, retrieval_weight=1.0, model_normalize="none") for wm in (0.02, 0.05, 0.1, 0.2, 0.5)]
     return out
 
 
@@ -222,11 +141,11 @@ def blend_from_scores(valid_lists: Sequence[tuple], scores: Sequence[np.ndarray]
     for spec in blend_grid(grid):
         ranks = {u: blend_order(c, s, r, spec) for (u, _, c, r), s in zip(valid_lists, scores)}
         m = evaluate(ranks, tgt, KS)
-        grid_rows.append({**spec.as_rule(), "ndcg@10": m["ndcg@10"], "hr@10": m["hr@10"]})
+        grid_rows.append({**spec.to_dict(), "ndcg@10": m["ndcg@10"], "hr@10": m["hr@10"]})
         if best is None or m["ndcg@10"] > best[1]["ndcg@10"] + 1e-12:
             best = (spec, m)
     spec, m = best
-    out["blend"] = {**spec.as_rule(), "metrics": m}
+    out["blend"] = {**spec.to_dict(), "metrics": m}
     out["grid"] = grid_rows
     return out
 
@@ -254,11 +173,11 @@ class VersionScorer:
     with the parameters the export served it with."""
 
     def __init__(self, version_dir: Path, threads: int = 2):
+        from contract.model_spec import Manifest
+        from contract.render import Renderer
+        from contract.tokenize import PairTokenizer
         from export.engines import load_backend
         from export.write_repo import DEFAULT_PARAMETERS
-        from server.core.model_spec import Manifest
-        from server.core.render import Renderer
-        from server.core.tokenize import PairTokenizer
 
         self.dir = Path(version_dir)
         self.manifest = Manifest.read(self.dir / "manifest.json")
@@ -284,8 +203,8 @@ class VersionScorer:
     def score(self, user_text: str, item_texts: Sequence[str], item_ids: Sequence[str] = ()) -> np.ndarray:
         """Model scores as the gateway reports them: with ``item_ids``, the version's text
         offset is added to the items it has no token for."""
-        from server.core.calibration import apply_text_offset
-        from server.types import ScoredFrom
+        from contract.calibration import apply_text_offset
+        from contract.items import ScoredFrom
 
         spec = self.manifest.spec
         batch = self.encode(user_text, item_texts)
@@ -341,7 +260,7 @@ def _prepare_repo(version_dir: Path, dest: Path) -> Path:
 
 
 async def _load_store(url: str, data_dir: Path, split, upto: str, history_len: int) -> None:
-    from export.movielens_load import load_into_store
+    from interactions.to_store import load_into_store
     from server.features import open_store
 
     store = open_store(url, history_len=history_len)
@@ -467,27 +386,27 @@ def run_eval(version_dir: Path, *, split_name: str = "test", paths: Sequence[str
              work_dir: Path | None = None, seed: int = 0, gru4rec: bool = False, log=print) -> EvalReport:
     """Evaluate the version in ``version_dir`` on ``split_name`` ('valid' or 'test'); with
     ``gru4rec``, a GRU4Rec trained on the same split and ranking every item is the
-    reference row users ask about (``export.seqrec``; about 2 minutes)."""
-    from export.data import fetch_movielens, leave_one_out, load_interactions, load_items
-    from server.core.model_spec import Manifest
-    from server.settings import PROJECT_ROOT
+    reference row users ask about (``evaluation.seqrec``; about 2 minutes)."""
+    from contract.model_spec import Manifest
+    from interactions.movielens import (
+        fetch_movielens,
+        leave_one_out,
+        load_interactions,
+        load_items,
+    )
 
     version_dir = Path(version_dir)
     upto = {"valid": "valid", "validation": "valid", "test": "test"}[split_name]
     manifest = Manifest.read(version_dir / "manifest.json")
     if data_dir is None:
-        data_dir = fetch_movielens(PROJECT_ROOT / ".cache" / "data")
+        data_dir = fetch_movielens()
     if split is None:
         split = leave_one_out(load_interactions(data_dir))
     if items is None:
         items = load_items(data_dir)
     catalogue = [i.item_id for i in items]
     item_map = {i.item_id: i for i in items}
-    if blend is None:
-        b = manifest.training.get("blend") or {}
-        blend = (float(b.get("model_weight", 1.0)), float(b.get("retrieval_weight", 0.0)),
-                 b.get("model_normalize", "minmax"), b.get("retrieval_normalize", "minmax"))
-    rule_set = blend_rule_set(*blend)
+    rule_set = blend if blend is not None else manifest.blend
     t0 = time.monotonic()
     lists, pop_rank = build_lists(split, catalogue, upto, users=split.users[:users] if users else None)
     targets = {el.user: el.target for el in lists if el.target is not None}
@@ -498,15 +417,14 @@ def run_eval(version_dir: Path, *, split_name: str = "test", paths: Sequence[str
     report.info = {
         "protocol": PROTOCOL,
         "model": str(version_dir), "manifest_training": manifest.training, "render": manifest.render,
-        "blend": {**rule_set.as_rule(), "formula": rule_set.describe(),
-                  "run_by": "server.rules engine" if rule_set.engine is not None else
-                  "export.evaluate local blend (server.rules did not import)"},
+        "blend": ({**rule_set.to_dict(), "formula": rule_set.describe(), "run_by": "contract.blend"}
+                  if rule_set is not None else {"formula": "model score alone"}),
         "users": len(lists), "scored_lists": len(to_score), "score_all": score_all,
         "coverage": sum(el.covered for el in lists) / max(1, len(lists)),
     }
     # A reference order, not a served one: the count-based teacher that training distils,
     # fit on what is known before the target (as the retriever is).
-    from export.retriever import TransitionTeacher
+    from evaluation.retriever import TransitionTeacher
 
     teacher = TransitionTeacher(split, catalogue, upto=upto)
     teacher_order = {el.user: model_order(el.candidates, teacher.scores(el.history, el.candidates))
@@ -524,7 +442,7 @@ def run_eval(version_dir: Path, *, split_name: str = "test", paths: Sequence[str
             tmp = Path(tempfile.mkdtemp(prefix="eval-", dir=work_dir)) if work_dir else Path(
                 tempfile.mkdtemp(prefix="rerankd-eval-"))
             rules_yaml = json.dumps({"version": 1, "rule_sets": {
-                "default": {}, EVAL_RULE_SET: {"blend": rule_set.as_rule()}}})
+                "default": {}, EVAL_RULE_SET: ({"blend": rule_set.to_dict()} if rule_set else {})}})
             try:
                 with served_stack(version_dir, data_dir, split, upto, tmp, rules_yaml=rules_yaml, log=log) as addr:
                     res = _served_with_fallback(addr, to_score, log)
@@ -537,7 +455,7 @@ def run_eval(version_dir: Path, *, split_name: str = "test", paths: Sequence[str
             report.info["served"] = {
                 "seconds": round(res.seconds, 1), "served_version": res.version,
                 "final_order_from": "gateway (rules stage blend)" if res.blended_by_gateway else
-                "served model scores, blended here with server.rules (gateway applied no blend)",
+                "served model scores, blended here with contract.blend (gateway applied no blend)",
                 "pairs_per_second": round(sum(len(el.candidates) for el in to_score) / res.seconds, 1)}
         else:
             raise ValueError(f"unknown path {path!r}")
@@ -553,14 +471,14 @@ def run_eval(version_dir: Path, *, split_name: str = "test", paths: Sequence[str
             abs(report.paths["served"][o][k] - report.paths["in-process"][o][k])
             for o in ORDERS for k in report.paths["served"][o])
     if gru4rec:
-        from export.seqrec import reference_metrics
+        from evaluation.seqrec import reference_metrics
 
         t1 = time.monotonic()
         report.info["gru4rec"] = reference_metrics(split, catalogue, upto)
         log(f"eval: GRU4Rec (all items) NDCG@10 {report.info['gru4rec']['ndcg@10']:.4f} "
             f"({time.monotonic() - t1:.0f}s)")
     if reports_dir is not None:
-        from export.report import write_report
+        from evaluation.report import write_report
 
         report.info["files"] = [str(p) for p in write_report(report, reports_dir)]
     return report
@@ -578,75 +496,3 @@ def _served_with_fallback(addr: str, lists: Sequence[EvalList], log) -> ServedRe
             raise
         log(f"eval: gateway has no {EVAL_RULE_SET!r} rule set ({exc.code().name}); blending locally")
     return score_served(addr, lists, rule_set="", log=log)
-
-
-def latest_version_dir(repo: Path, name: str) -> Path:
-    from export.write_repo import existing_versions
-
-    versions = [v for v in existing_versions(repo, name) if (Path(repo) / name / str(v) / "model.onnx").is_file()]
-    if not versions:
-        raise FileNotFoundError(f"no version of {name} in {repo}: run `rerankd train` first")
-    return Path(repo) / name / str(versions[-1])
-
-
-def main_args(args, settings) -> int:
-    """``rerankd eval`` (see ``server.cli``): the main protocol, or with ``--cold-start`` the
-    protocol of ``export.coldstart``."""
-    from server.settings import PROJECT_ROOT
-
-    repo = Path(settings.triton.model_repository)
-    name = settings.triton.model_name
-    version_dir = repo / name / str(args.version) if args.version else latest_version_dir(repo, name)
-    reports = Path(args.reports) if args.reports else PROJECT_ROOT / "reports"
-    work = PROJECT_ROOT / "var" / "eval"
-    work.mkdir(parents=True, exist_ok=True)
-    if args.cold_start:
-        from export.coldstart import run_cold_eval
-
-        path = "in-process" if args.path == "in-process" else "served"
-        warm = Path(args.warm_dir) if args.warm_dir else _newest_warm_version(PROJECT_ROOT / "model_repository", name)
-        rep = run_cold_eval(version_dir, warm, split_name=args.split, path=path, reports_dir=reports,
-                            work_dir=work)
-    else:
-        paths = {"both": ("served", "in-process"), "served": ("served",), "in-process": ("in-process",)}[args.path]
-        blend = None
-        if args.retrieval_weight is not None:
-            blend = (1.0 - args.retrieval_weight, args.retrieval_weight)  # minmax both
-        rep = run_eval(version_dir, split_name=args.split, paths=paths, blend=blend, score_all=args.all_users,
-                       users=args.users or 0, reports_dir=reports, work_dir=work, gru4rec=args.gru4rec)
-    for f in rep.info.get("files", []):
-        print(f"==> wrote {f}")
-    return 0
-
-
-def _newest_warm_version(repo: Path, name: str) -> Path | None:
-    """The newest trained version of ``repo`` that holds no item out (the warm reference)."""
-    from export.coldstart import held_out_items
-    from export.train import trained_versions
-    from server.core.model_spec import Manifest
-
-    for v in reversed(trained_versions(repo, name)):
-        if not held_out_items(Manifest.read(repo / name / str(v) / "manifest.json")):
-            return repo / name / str(v)
-    return None
-
-
-def add_arguments(p) -> None:
-    p.add_argument("--split", choices=["valid", "test"], default="test")
-    p.add_argument("--version", help="model version to evaluate (default: the newest)")
-    p.add_argument("--path", choices=["both", "served", "in-process"], default="both",
-                   help="served (gateway + Triton), in-process (ONNX Runtime here), or both")
-    p.add_argument("--retrieval-weight", type=float,
-                   help="blend weight of the retrieval score (default: the manifest's, chosen on validation)")
-    p.add_argument("--all-users", action="store_true",
-                   help="also score users whose target is not among the candidates (same metrics, slower)")
-    p.add_argument("--users", type=int, help="only the first N users (a quick look)")
-    p.add_argument("--gru4rec", action="store_true",
-                   help="add the reference row: GRU4Rec trained on the same split, ranking all items (~2 min)")
-    p.add_argument("--cold-start", action="store_true",
-                   help="the cold-start protocol (export.coldstart) on a version trained with --cold-holdout")
-    p.add_argument("--warm-dir", help="with --cold-start: the version folder trained on every item, whose "
-                   "scores of the same lists are the warm reference (default: the newest such version of "
-                   "model_repository/)")
-    p.add_argument("--reports", help="output folder (default reports/)")
-    p.add_argument("--model-repository")

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-from server.core.model_spec import ModelSpec
+from contract.model_spec import ModelSpec
 
 log = logging.getLogger(__name__)
 

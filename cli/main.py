@@ -128,7 +128,7 @@ async def _serve(settings: Settings) -> None:
 
 def cmd_export(args) -> int:
     settings = _settings(args)
-    from export.pipeline import has_version, run_export
+    from export.build import has_version, run_export
 
     repo = settings.triton.model_repository
     if args.if_missing and has_version(repo, settings.triton.model_name):
@@ -144,12 +144,11 @@ def cmd_export(args) -> int:
 def cmd_data(args) -> int:
     """Fetch MovieLens-100K (checksummed) and load items + ratings into the feature store."""
     settings = _settings(args)
-    from export.data import fetch_movielens, leave_one_out, load_interactions
-    from export.movielens_load import load_into_store
+    from interactions.movielens import fetch_movielens, leave_one_out, load_interactions
+    from interactions.to_store import load_into_store
     from server.features import open_store
-    from server.settings import PROJECT_ROOT
 
-    folder = fetch_movielens(PROJECT_ROOT / ".cache" / "data")
+    folder = fetch_movielens()
     split = leave_one_out(load_interactions(folder))
 
     async def load():
@@ -169,17 +168,17 @@ def cmd_data(args) -> int:
 def cmd_train(args) -> int:
     """Fine-tune the reranker on MovieLens-100K and export it as the next model version."""
     settings = _settings(args)
-    from export.train import main_args
+    from cli import train
 
-    return main_args(args, settings)
+    return train.run(args, settings)
 
 
 def cmd_eval(args) -> int:
     """Evaluate a model version through the served path and in-process; write reports/."""
     settings = _settings(args)
-    from export.evaluate import main_args
+    from cli import evaluate
 
-    return main_args(args, settings)
+    return evaluate.run(args, settings)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -224,18 +223,18 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--store", help="sqlite:///relative.db, sqlite:////absolute.db or redis://host:port/db")
     d.set_defaults(func=cmd_data)
 
-    from export import evaluate as _evaluate_args
-    from export import train as _train_args
+    from cli import evaluate as eval_cmd
+    from cli import train as train_cmd
 
     tr = sub.add_parser("train", help="fine-tune the reranker on MovieLens-100K, export the next version")
-    _train_args.add_arguments(tr)
+    train_cmd.add_arguments(tr)
     tr.set_defaults(func=cmd_train)
 
     ev = sub.add_parser("eval", help="evaluate a model version (served path and in-process), write reports/")
-    _evaluate_args.add_arguments(ev)
+    eval_cmd.add_arguments(ev)
     ev.set_defaults(func=cmd_eval)
 
-    from server import client
+    from cli import client
 
     client.add_parser(sub)
     return p

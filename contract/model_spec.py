@@ -9,6 +9,11 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from contract.blend import Blend
+
+# The rule name a version's own blend gets in explanations.
+MODEL_BLEND = "model_blend"
+
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -90,22 +95,30 @@ class Manifest:
     training: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
     export_check: dict = field(default_factory=dict)
-    # server.core.render.RenderOptions as plain data; empty (old manifests): plain text.
+    # contract.render.RenderOptions as plain data; empty (old manifests): plain text.
     render: dict = field(default_factory=dict)
     # Items with a trained ID token in this version's vocabulary; every other item is read
     # from its text alone (cold). Empty: no item tokens (or a version older than this field).
     item_tokens: list[str] = field(default_factory=list)
-    # Added to the score of items read from text alone (``server.core.calibration``).
+    # Added to the score of items read from text alone (``contract.calibration``).
     text_offset: float = 0.0
+    # The blend of model and retrieval scores chosen on validation: the gateway's default
+    # for rule sets without a blend of their own. None: the model score alone.
+    blend: Blend | None = None
 
     def write(self, path: Path) -> None:
         data = asdict(self)
         data["spec"] = self.spec.to_dict()
+        data["blend"] = self.blend.to_dict() if self.blend is not None else None
         path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
     @classmethod
     def read(cls, path: Path) -> "Manifest":
+        """Raises ValueError for a manifest that is not JSON or whose blend is invalid."""
         data = json.loads(path.read_text())
         data["spec"] = ModelSpec.from_dict(data.get("spec", {}))
+        # Versions written before ``blend`` was a field of its own kept it under training.
+        recorded = data.get("blend") or (data.get("training") or {}).get("blend")
+        data["blend"] = Blend.from_dict(recorded, name=MODEL_BLEND) if recorded else None
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         return cls(**known)

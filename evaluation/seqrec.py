@@ -4,10 +4,10 @@ Trained on each user's chronological sequence under the project's leave-one-out 
 (``upto='valid'``: train items; ``upto='test'``: train + valid items), next-item prediction
 at every position with a full softmax over the catalogue. Evaluated like the rest of the
 project: every user, all catalogue items ranked, the user's known history masked, top 20,
-``export.metrics.evaluate`` at (5, 10, 20).
+``evaluation.metrics.evaluate`` at (5, 10, 20).
 
-``python -m export.seqrec`` prints the test figure with the default settings;
-``python -m export.seqrec --select`` reruns the validation sweep that chose them.
+``python -m evaluation.seqrec`` prints the test figure with the default settings;
+``python -m evaluation.seqrec --select`` reruns the validation sweep that chose them.
 """
 
 from __future__ import annotations
@@ -19,12 +19,12 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from export.data import Split, Upto
-from export.metrics import evaluate
+from evaluation.metrics import evaluate
+from interactions.movielens import Split, Upto
 
 KS = (5, 10, 20)
 TOP = 20
-# Chosen on the ML-100K validation target with ``python -m export.seqrec --select --epochs 30``
+# Chosen on the ML-100K validation target with ``python -m evaluation.seqrec --select --epochs 30``
 # (1 thread): smoothed valid NDCG@10 peaks at epoch 29 (0.1235; raw 0.121-0.127 over epochs
 # 22-30). Sweep (valid NDCG@10, best epoch <= 30): hidden 64 / dropout 0.25: 0.118;
 # hidden 128 / dropout 0.25: 0.120 then overfits; hidden 128 / dropout 0.5: 0.127; lr 1e-3: 0.03
@@ -238,7 +238,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     import json
     from pathlib import Path
 
-    from export.data import fetch_movielens, leave_one_out, load_interactions, load_items
+    from interactions.movielens import (
+        fetch_movielens,
+        leave_one_out,
+        load_interactions,
+        load_items,
+    )
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path, default=Path(".cache/data"))

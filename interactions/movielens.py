@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from server.types import Item
+from contract.items import Item
 
 RECBOLE_REQUIREMENT = "recbole==1.2.1"
 DATASET = "ml-100k"
@@ -87,7 +87,11 @@ def _pip_download(dest: Path, log: Callable[[str], object]) -> Path:
     return wheels[0]
 
 
-def fetch_movielens(cache_dir: Path, log: Callable[[str], object] = print) -> Path:
+# Where data sets are cached (gitignored); fetched once, checksum-verified.
+CACHE_DIR = Path(__file__).resolve().parents[1] / ".cache" / "data"
+
+
+def fetch_movielens(cache_dir: Path = CACHE_DIR, log: Callable[[str], object] = print) -> Path:
     """Return ``cache_dir/ml-100k`` holding ``ml-100k.{inter,item,user}``, checksum-verified.
 
     Idempotent: cached files are re-verified and only re-fetched when missing or altered.

@@ -1,6 +1,6 @@
 """Load MovieLens-100K items and ratings into a feature store (the demo's data).
 
-``python -m export.movielens_load --store sqlite:///var/features.db --upto test``
+``python -m interactions.to_store --store sqlite:///var/features.db --upto test``
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
-from export.data import Split, load_items
+from interactions.movielens import Split, load_items
 from server.features.base import FeatureStore
 from server.types import Event
 
@@ -60,7 +60,7 @@ async def load_into_store(
 def main(argv: list[str] | None = None) -> None:
     import argparse
 
-    from export.data import fetch_movielens, leave_one_out, load_interactions
+    from interactions.movielens import fetch_movielens, leave_one_out, load_interactions
     from server.features.base import open_store
 
     ap = argparse.ArgumentParser(description="Load MovieLens-100K into a feature store.")

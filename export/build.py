@@ -7,8 +7,9 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from contract.blend import Blend
+from contract.model_spec import Manifest, ModelSpec
 from export.write_repo import existing_versions, write_version
-from server.core.model_spec import Manifest, ModelSpec
 
 DEFAULT_BACKEND_SRC = Path(__file__).resolve().parent.parent / "model_repository" / "reranker" / "model.py"
 TORCH_THREADS = 2
@@ -25,6 +26,7 @@ def run_export(hf_dir: Path | None, repo: Path, *, spec: ModelSpec | None = None
                training: dict | None = None, metrics: dict | None = None,
                render: dict | None = None, extra_pairs: list[tuple[str, str]] | None = None,
                base_model: str | None = None, item_tokens: Sequence[str] = (), text_offset: float = 0.0,
+               blend: Blend | None = None,
                log: Callable[[str], None] = print, engine: str = "onnxruntime",
                parameters: dict[str, str] | None = None) -> tuple[int, float]:
     """Export the Hugging Face cross-encoder in ``hf_dir`` (default: packaged MiniLM-L6) as a
@@ -45,10 +47,14 @@ def run_export(hf_dir: Path | None, repo: Path, *, spec: ModelSpec | None = None
     import onnxruntime
     import torch
 
-    from export.base_model import default_base_model, describe_base_model, load_for_export
+    from contract.tokenize import PairTokenizer
+    from export.base_model import (
+        default_base_model,
+        describe_base_model,
+        load_for_export,
+    )
     from export.to_onnx import export_onnx
     from export.verify import sample_pairs, verify_pairs
-    from server.core.tokenize import PairTokenizer
 
     spec = spec or ModelSpec()
     hf_dir = Path(hf_dir) if hf_dir is not None else default_base_model()
@@ -93,7 +99,7 @@ def run_export(hf_dir: Path | None, repo: Path, *, spec: ModelSpec | None = None
         manifest = Manifest(
             spec=spec, base_model=base_model or describe_base_model(hf_dir), engine=engine,
             training=dict(training or {}), metrics=dict(metrics or {}), render=dict(render or {}),
-            item_tokens=list(item_tokens), text_offset=float(text_offset),
+            item_tokens=list(item_tokens), text_offset=float(text_offset), blend=blend,
             export_check={"max_abs_diff": diff, "tolerance": tolerance, "pairs": len(pairs),
                           "opset": opset, "torch": torch.__version__,
                           "onnxruntime": onnxruntime.__version__,

@@ -36,9 +36,9 @@ from pathlib import Path
 
 import numpy as np
 
-from export.data import Interaction, id_sort_key
-from export.metrics import ndcg
-from server.types import Item
+from contract.items import Item
+from evaluation.metrics import ndcg
+from interactions.movielens import Interaction, id_sort_key
 
 PROTOCOL = __doc__.split("every report):", 1)[1].strip()
 LIST_SIZE = 50
@@ -130,7 +130,7 @@ def order_by(candidates: Sequence[str], scores: Sequence[float], tie_seed: str |
     """Score descending. Ties: by item id (as the gateway orders them: ``model_order``), or at
     random with ``tie_seed`` (baselines, whose ties are many)."""
     if tie_seed is None:
-        from export.evaluate import model_order
+        from evaluation.evaluate import model_order
 
         return model_order(candidates, scores)
     rng = random.Random(tie_seed)
@@ -176,8 +176,8 @@ class ContentBaseline:
         import torch
         from transformers import AutoModel, AutoTokenizer
 
+        from contract.render import render_item
         from export.base_model import default_base_model
-        from server.core.render import render_item
 
         path = default_base_model()
         tok = AutoTokenizer.from_pretrained(str(path))
@@ -256,7 +256,7 @@ def held_out_items(manifest) -> frozenset[str]:
 
 
 def _eval_lists(lists: Sequence[ColdList]):
-    from export.evaluate import EvalList
+    from evaluation.evaluate import EvalList
 
     return [EvalList(el.user, el.history, el.candidates, el.retrieval, el.target) for el in lists]
 
@@ -274,7 +274,12 @@ class _Scored:
 def _score(version_dir: Path, by_kind: Mapping[str, Sequence[ColdList]], path: str, *, data_dir: Path, split,
            upto: str, items: Mapping[str, Item], work: Path, log) -> dict[str, _Scored]:
     """Every kind of list scored by one version: one served stack (or in-process scorer) for all."""
-    from export.evaluate import VersionScorer, score_in_process, score_served, served_stack
+    from evaluation.evaluate import (
+        VersionScorer,
+        score_in_process,
+        score_served,
+        served_stack,
+    )
 
     out = {}
     if path == "in-process":
@@ -302,10 +307,14 @@ def run_cold_eval(version_dir: Path, warm_dir: Path | None, *, split_name: str =
     import shutil
     import tempfile
 
-    from export.data import fetch_movielens, leave_one_out, load_interactions, load_items
-    from export.retriever import ItemKNNRetriever
-    from server.core.model_spec import Manifest
-    from server.settings import PROJECT_ROOT
+    from contract.model_spec import Manifest
+    from evaluation.retriever import ItemKNNRetriever
+    from interactions.movielens import (
+        fetch_movielens,
+        leave_one_out,
+        load_interactions,
+        load_items,
+    )
 
     version_dir = Path(version_dir)
     manifest = Manifest.read(version_dir / "manifest.json")
@@ -316,7 +325,7 @@ def run_cold_eval(version_dir: Path, warm_dir: Path | None, *, split_name: str =
     if warm_dir is not None and held_out_items(Manifest.read(Path(warm_dir) / "manifest.json")) & cold:
         raise ValueError(f"{warm_dir} holds out some of the same items: it cannot be the warm reference")
     upto = {"valid": "valid", "validation": "valid", "test": "test"}[split_name]
-    data_dir = data_dir or fetch_movielens(PROJECT_ROOT / ".cache" / "data")
+    data_dir = data_dir or fetch_movielens()
     split = split if split is not None else leave_one_out(load_interactions(data_dir))
     items = {i.item_id: i for i in (items if items is not None else load_items(data_dir))}
     t0 = time.monotonic()
@@ -477,14 +486,14 @@ OFFSET_GRID = tuple(round(x * 0.05, 2) for x in range(-100, 101))
 
 def choose_text_offset(valid_lists: Sequence[tuple], scores: Sequence[np.ndarray], data, enc, scorer,
                        seed: int = 0, max_lists: int = 300) -> dict:
-    """The text offset (``server.core.calibration``) of a freshly trained model, on validation.
+    """The text offset (``contract.calibration``) of a freshly trained model, on validation.
 
     Mixed validation lists as in the protocol (the retriever's top-45 + 5 random warm items
     from outside the history) are scored twice: those 5 items read from their tokens, and
     read from text alone (as the same items would be if they were new). The offset is the one
     that gives the text-read items the top-10 share (model order) they take as tokens; ties:
     the smallest offset. ``valid_lists``/``scores``: the validation lists already scored."""
-    from server.core.calibration import apply_text_offset
+    from contract.calibration import apply_text_offset
 
     if not enc.renderer.options.item_tokens or not valid_lists:  # every item is read from text
         return {"offset": 0.0, "share_token": float("nan"), "share_text": float("nan"),
