@@ -12,7 +12,7 @@ from server.rules.config import (
     parse_rules,
 )
 
-EXAMPLE = Path(__file__).resolve().parents[3] / "server" / "rules" / "example_rules.yaml"
+EXAMPLE = Path(__file__).resolve().parents[4] / "server" / "rules" / "example_rules.yaml"
 
 
 def _set(body: str, name: str = "default"):
