@@ -1,0 +1,118 @@
+"""The shared-prefix layout: one sequence scores many candidates against one user prefix.
+
+A row is ``[CLS] history [SEP] cand_1 cand_2 ... cand_m`` (padding after). The model reads
+three int64 tensors of one shape [rows, L] and builds its attention mask from them itself:
+
+- ``input_ids``: the tokens;
+- ``cand_index``: 0 for the user prefix, ``k`` (1..m) for the tokens of the row's k-th
+  candidate, -1 for padding. Prefix tokens attend to the prefix; a candidate's tokens attend
+  to the prefix and to their own tokens only, so a candidate's score does not depend on the
+  other candidates of the row (the isolation property);
+- ``positions``: the prefix counts 0..P-1; every candidate starts again at P.
+
+A candidate's score is read at its first token. Requests whose candidates do not fit one
+row of ``max_len`` tokens are split into several rows, each carrying the prefix.
+Training, evaluation and the gateway all build their inputs here.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+PREFIX = 0
+PADDING = -1
+INPUT_NAMES = ("input_ids", "cand_index", "positions")
+
+
+@dataclass(frozen=True)
+class PrefixBatch:
+    """Model inputs for one request, and where each candidate's score is read."""
+
+    input_ids: np.ndarray  # int64 [rows, seq_len]
+    cand_index: np.ndarray  # int64 [rows, seq_len]
+    positions: np.ndarray  # int64 [rows, seq_len]
+    # (row, column) of each candidate's first token, in the request's candidate order.
+    first_token: np.ndarray  # int64 [n_candidates, 2]
+
+    @property
+    def seq_len(self) -> int:
+        return int(self.input_ids.shape[1])
+
+    @property
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"input_ids": self.input_ids, "cand_index": self.cand_index, "positions": self.positions}
+
+    def scores(self, token_scores: np.ndarray) -> np.ndarray:
+        """Per-candidate scores from the model's per-token output [rows, seq_len]."""
+        return np.asarray(token_scores)[self.first_token[:, 0], self.first_token[:, 1]]
+
+
+def pack(prefix_ids: Sequence[int], candidate_ids: Sequence[Sequence[int]], *, max_len: int,
+         buckets: Sequence[int] = (), pad_id: int = 0, max_candidate_len: int = 0) -> PrefixBatch:
+    """Lay out one request: candidates in order, as many per row as fit in ``max_len``.
+
+    ``prefix_ids``: the user side with its special tokens (e.g. ``[CLS] ... [SEP]``), cut to
+    half of ``max_len`` at most (its last token, the separator, is kept). ``candidate_ids``:
+    each candidate's tokens without special tokens, cut to ``max_candidate_len`` (default: what
+    is left of a row after the prefix). Rows are padded to the smallest of ``buckets`` that
+    fits the longest row (no buckets: to the longest row).
+    """
+    prefix = list(prefix_ids)
+    cap = max(2, max_len // 2)
+    if len(prefix) > cap:
+        prefix = prefix[:cap - 1] + prefix[-1:]
+    room = max_len - len(prefix)
+    limit = min(max_candidate_len, room) if max_candidate_len > 0 else room
+    if limit < 1:
+        raise ValueError(f"max_len {max_len} leaves no room for a candidate after a {len(prefix)}-token prefix")
+    cands = [list(c[:limit]) if len(c) else [pad_id] for c in candidate_ids]
+
+    rows: list[list[int]] = []  # per row, the candidate numbers it holds
+    used = room + 1
+    for i, c in enumerate(cands):
+        if used + len(c) > room:
+            rows.append([])
+            used = 0
+        rows[-1].append(i)
+        used += len(c)
+    if not rows:
+        rows.append([])
+    p = len(prefix)
+    longest = max(p + sum(len(cands[i]) for i in r) for r in rows)
+    seq_len = longest
+    if buckets:
+        k = bisect.bisect_left(buckets, longest)
+        seq_len = buckets[k] if k < len(buckets) else longest
+    n_rows = len(rows)
+    ids = np.full((n_rows, seq_len), pad_id, dtype=np.int64)
+    cand = np.full((n_rows, seq_len), PADDING, dtype=np.int64)
+    pos = np.zeros((n_rows, seq_len), dtype=np.int64)
+    first = np.zeros((len(cands), 2), dtype=np.int64)
+    prefix_arr = np.asarray(prefix, dtype=np.int64)
+    for r, members in enumerate(rows):
+        ids[r, :p] = prefix_arr
+        cand[r, :p] = PREFIX
+        pos[r, :p] = np.arange(p)
+        col = p
+        for k, i in enumerate(members, 1):
+            c = cands[i]
+            n = len(c)
+            ids[r, col:col + n] = c
+            cand[r, col:col + n] = k
+            pos[r, col:col + n] = np.arange(p, p + n)
+            first[i] = (r, col)
+            col += n
+    return PrefixBatch(ids, cand, pos, first)
+
+
+def attention_allowed(cand_index: np.ndarray) -> np.ndarray:
+    """Who may attend to whom, [rows, L, L] bool (the rule the model's graph builds; numpy
+    for tests and documentation): the prefix sees the prefix, a candidate sees the prefix
+    and itself, padding sees padding."""
+    ci = cand_index[:, :, None]
+    cj = cand_index[:, None, :]
+    return ((cj == PREFIX) & (ci >= PREFIX)) | (ci == cj)
