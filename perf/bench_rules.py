@@ -16,9 +16,10 @@ import random
 import statistics
 import time
 
-from server.rules.config import apply_overrides, parse_rule_set
 from server.rules.engine import apply_rules
 from server.rules.model import RuleCandidate
+from server.rules.overrides import apply_overrides
+from server.rules.parse import parse_rule_set
 from server.types import Event
 
 NOW = 1_700_000_000.0

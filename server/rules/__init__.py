@@ -6,19 +6,18 @@ The pipeline calls, per request::
     ruleset = apply_overrides(ruleset, request_overrides)    # InvalidArgument if not allowed
     outcome = apply_rules(ruleset, candidates, history=events, now=time.time(), top_n=request.top_n)
 
-``engine`` and ``config`` are pure; ``store`` owns the file and its reloading.
+Modules: ``ruleset`` (the typed rule set), ``predicates`` (attribute tests), ``fields`` and
+``parse`` (plain data / YAML -> rule set), ``overrides`` (per-request changes), ``engine``
+and ``diversity`` (applying a rule set), ``columnar`` (the fast path for score-only rule
+sets), ``model`` (what the stage reads and returns). All are pure but ``store``, which owns
+the file and its reloading.
 """
 
-from server.rules.config import (
-    DEFAULT_RULE_SET,
-    EMPTY_RULE_SET,
-    RuleSet,
-    apply_overrides,
-    parse_rule_set,
-    parse_rules,
-)
 from server.rules.engine import apply_rules
 from server.rules.model import RankedItem, RuleCandidate, RulesOutcome
+from server.rules.overrides import apply_overrides
+from server.rules.parse import parse_rule_set, parse_rules
+from server.rules.ruleset import DEFAULT_RULE_SET, EMPTY_RULE_SET, RuleSet
 from server.rules.store import RulesProvider
 
 __all__ = [

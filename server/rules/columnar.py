@@ -3,8 +3,8 @@ pins, at most a blend. That is the default (the model's recommended blend) and t
 case, and here it runs over numpy columns instead of one object per candidate per step.
 
 Results are identical to ``apply_rules(...).to_scored_items()`` (same floats, same order, same
-tie-breaks); ``tests/unit/rules/test_columnar.py`` checks that on random inputs. Explanations
-need the engine's per-item records, so ``explain`` requests take the engine.
+tie-breaks); ``tests/unit/server/rules/test_rules_columnar.py`` checks that on random inputs.
+Explanations need the engine's per-item records, so ``explain`` requests take the engine.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import numpy as np
 
 from contract.blend import final_scores
 from contract.blend import order as rank_order
-from server.rules.config import EMPTY_RULE_SET, RuleSet
+from server.rules.ruleset import EMPTY_RULE_SET, RuleSet
 from server.types import ScoredFrom, ScoredItem
 
 

@@ -1,4 +1,5 @@
-"""What the rules stage reads and returns. Plain typed objects: no gRPC, no I/O."""
+"""What the rules stage reads and returns, and the engine's per-candidate working state (``Entry``).
+Plain typed objects: no gRPC, no I/O."""
 
 from __future__ import annotations
 
@@ -72,6 +73,27 @@ class RankedItem:
             "scored_from": self.scored_from.value,
             "notes": [{"rule": r, "note": n} for r, n in self.notes],
         }
+
+
+class Entry:
+    """The engine's working state of one surviving candidate (cheaper than building
+    RankedItems for all): ``final`` score, ``adj`` adjustments, ``notes``, and ``vals``, the
+    per-cap attribute values the diversity caps compute on first use."""
+
+    __slots__ = ("c", "idx", "final", "adj", "notes", "vals")
+
+    def __init__(self, c: RuleCandidate, idx: int):
+        self.c = c
+        self.idx = idx
+        self.final = c.model_score
+        self.adj: list[tuple[str, float]] = []
+        self.notes: list[tuple[str, str]] | None = None
+        self.vals: list[list[str]] | None = None
+
+    def note(self, rule: str, text: str) -> None:
+        if self.notes is None:
+            self.notes = []
+        self.notes.append((rule, text))
 
 
 class RulesOutcome:

@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 
 from server.errors import InvalidArgument, NotFound
-from server.rules.config import DEFAULT_RULE_SET, EMPTY_RULE_SET, RuleSet, parse_rules
+from server.rules.parse import parse_rules
+from server.rules.ruleset import DEFAULT_RULE_SET, EMPTY_RULE_SET, RuleSet
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +48,6 @@ class RulesProvider:
             for _ in range(3):  # retried only if the file changed while being read
                 if self._load(initial=True):
                     break
-
-    @property
-    def names(self) -> list[str]:
-        return sorted(self._sets)
 
     def get(self, name: str = "") -> RuleSet:
         """The rule set called ``name`` ("" means ``default``); ``NotFound`` if there is none."""

@@ -65,7 +65,7 @@ def test_the_rules_engine_orders_exactly_as_the_formula():
     """The engine books the blend as an adjustment per item; evaluation and training call the
     formula directly: both must give the same order on random inputs, ties included."""
     from server.rules import RuleCandidate, apply_rules
-    from server.rules.config import parse_rule_set
+    from server.rules.parse import parse_rule_set
 
     rng = np.random.default_rng(0)
     for trial in range(50):

@@ -8,10 +8,11 @@ import random
 import numpy as np
 import pytest
 
+from contract.blend import Blend
 from contract.items import ScoredFrom
 from server.rules import RuleCandidate, RuleSet, apply_rules
 from server.rules.columnar import orders_by_score_only, rank_by_score
-from server.rules.config import Blend, Boost, Pin
+from server.rules.ruleset import Boost, Pin
 
 BLENDS = [None, Blend(), Blend(model_weight=0.5, retrieval_weight=1.0),
           Blend(model_normalize="none", retrieval_normalize="minmax", retrieval_weight=2.0, missing_retrieval=0.3),

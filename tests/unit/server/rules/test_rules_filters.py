@@ -2,9 +2,9 @@
 
 import pytest
 
-from server.rules.config import parse_rule_set
 from server.rules.engine import apply_rules
 from server.rules.model import RuleCandidate
+from server.rules.parse import parse_rule_set
 from server.types import Event
 
 NOW = 1_700_000_000.0

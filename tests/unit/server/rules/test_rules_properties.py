@@ -15,9 +15,10 @@ from collections import Counter
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from server.rules.config import parse_rule_set, split_values
 from server.rules.engine import apply_rules
 from server.rules.model import RuleCandidate
+from server.rules.parse import parse_rule_set
+from server.rules.predicates import split_values
 from server.types import EVENT_TYPES, Event
 
 NOW = 1_700_000_000.0
@@ -308,7 +309,8 @@ any_predicate = st.one_of(
 @settings(max_examples=int(os.environ.get("RULES_PROPERTY_EXAMPLES", "150")) * 2, deadline=None)
 @given(pred=any_predicate, raw=st.none() | raw_values)
 def test_compiled_matchers_agree_with_the_reference(pred, raw):
-    from server.rules.config import _predicate, compile_when
+    from server.rules.parse import _predicate
+    from server.rules.predicates import compile_when
 
     p = _predicate(pred, "p")
     attrs = {} if raw is None else {p.attribute: raw}

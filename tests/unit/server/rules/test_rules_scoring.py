@@ -4,9 +4,10 @@ import math
 
 import pytest
 
-from server.rules.config import EMPTY_RULE_SET, parse_rule_set
 from server.rules.engine import apply_rules
 from server.rules.model import RuleCandidate
+from server.rules.parse import parse_rule_set
+from server.rules.ruleset import EMPTY_RULE_SET
 
 NOW = 1_700_000_000.0
 

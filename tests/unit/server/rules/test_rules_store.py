@@ -45,7 +45,6 @@ def test_get_by_name(tmp_path):
     p = RulesProvider(f)
     assert p.get("").blend.retrieval_weight == 0.5
     assert p.get("homepage").pins[0].item_id == "a"
-    assert p.names == ["default", "homepage"]
     with pytest.raises(NotFound, match="known: default, homepage"):
         p.get("nope")
 
