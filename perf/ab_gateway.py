@@ -17,7 +17,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from perf.run_all import _overhead_summary, cpu_pressure, log, write_csv
+from perf.common import cpu_pressure, log, overhead_summary, write_csv
 from server.settings import PROJECT_ROOT
 
 # End to end and Triton's compute too: a change can move time between the two (e.g. input
@@ -51,7 +51,7 @@ def compare(addrs: dict[str, str], messages, stats_fn, *, requests: int, rounds:
         for name in (names if r % 2 == 0 else names[::-1]):
             got = sequential_overhead(addrs[name], messages, requests, stats_fn, max_batch=max_batch)
             rows[name] += got
-            s = _overhead_summary(got, len(messages[0].candidates))
+            s = overhead_summary(got, len(messages[0].candidates))
             log(f"    round {r + 1}/{rounds} {name}: overhead p50 {s.get('overhead_p50_ms', float('nan')):.2f} "
                 f"p99 {s.get('overhead_p99_ms', float('nan')):.2f}, end to end p50 "
                 f"{s.get('e2e_p50_ms', float('nan')):.2f} ms")
@@ -60,7 +60,7 @@ def compare(addrs: dict[str, str], messages, stats_fn, *, requests: int, rounds:
 
 def summarize(rows: dict[str, list[dict]], candidates: int) -> dict[str, dict]:
     """Overhead figures per gateway, and (last gateway - first) for each figure."""
-    out = {name: {k: v for k, v in _overhead_summary(r, candidates).items() if k in KEYS or k == "requests"}
+    out = {name: {k: v for k, v in overhead_summary(r, candidates).items() if k in KEYS or k == "requests"}
            for name, r in rows.items()}
     first, last = list(out)[0], list(out)[-1]
     out["difference"] = {k: out[last][k] - out[first][k] for k in KEYS if k in out[first] and k in out[last]}

@@ -118,7 +118,7 @@ def main(argv=None) -> int:
     res["hf_dir"], res["model_version"] = str(args.hf_dir or ""), args.model_version or ""
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "engine_validation.json").write_text(json.dumps(res, indent=2))
-    from perf.run_all import write_csv
+    from perf.common import write_csv
 
     write_csv(args.out / "engine_validation.csv", res["rows"])
     print(f"==> {args.out / 'engine_validation.csv'}")

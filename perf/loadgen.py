@@ -102,7 +102,7 @@ async def closed_loop(addr: str, messages, concurrency: int, duration_s: float, 
     *complete* inside the measurement window [warmup, warmup + duration], divided by the
     window (requests still in flight at its end are dropped, not waited for: waiting would
     add a drain tail without new work and understate throughput at high concurrency). The
-    window should span several latencies (``run_all`` sizes it so)."""
+    window should span several latencies (``sections.gateway`` sizes it so)."""
     import grpc
 
     _, pb_grpc = _pb()

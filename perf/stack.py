@@ -28,11 +28,6 @@ class Stack:
     repo: Path
     logs: Path
 
-    @property
-    def version_dirs(self) -> list[Path]:
-        d = self.repo / MODEL
-        return sorted((p for p in d.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
-
     def reload(self, config_text: str, timeout_s: float = 300) -> None:
         """Rewrite config.pbtxt and reload the model in Triton (explicit mode)."""
         (self.repo / MODEL / "config.pbtxt").write_text(config_text)

@@ -88,7 +88,7 @@ def test_report_renders_markdown_and_plots(tmp_path):
 
 
 def test_cpu_pressure_reads_psi_where_the_kernel_has_it():
-    from perf.run_all import cpu_pressure
+    from perf.common import cpu_pressure
 
     p = cpu_pressure()
     if not Path("/proc/pressure/cpu").exists():
