@@ -116,3 +116,28 @@ def attention_allowed(cand_index: np.ndarray) -> np.ndarray:
     ci = cand_index[:, :, None]
     cj = cand_index[:, None, :]
     return ((cj == PREFIX) & (ci >= PREFIX)) | (ci == cj)
+
+
+class PrefixTokenizer:
+    """Texts -> ``PrefixBatch`` with a model's own ``tokenizer.json``: the user text with the
+    tokenizer's special tokens (``[CLS] ... [SEP]``), each candidate's text without."""
+
+    def __init__(self, tokenizer, *, max_len: int, buckets: Sequence[int] = ()):
+        self._tok = tokenizer
+        self.max_len = max_len
+        self.buckets = tuple(buckets)
+        self.pad_id = tokenizer.token_to_id("[PAD]") or 0
+
+    @classmethod
+    def from_file(cls, path, *, max_len: int, buckets: Sequence[int] = ()) -> "PrefixTokenizer":
+        from tokenizers import Tokenizer
+
+        tok = Tokenizer.from_file(str(path))
+        tok.no_truncation()
+        tok.no_padding()
+        return cls(tok, max_len=max_len, buckets=buckets)
+
+    def encode(self, user_text: str, item_texts: Sequence[str]) -> PrefixBatch:
+        prefix = self._tok.encode(user_text).ids
+        cands = [e.ids for e in self._tok.encode_batch(list(item_texts), add_special_tokens=False)]
+        return pack(prefix, cands, max_len=self.max_len, buckets=self.buckets, pad_id=self.pad_id)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from contract.shared_prefix import PREFIX
+from contract.shared_prefix import INPUT_NAMES, PREFIX
 
 
 def attention_bias(cand_index: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -48,3 +48,30 @@ class SharedPrefixScorer(nn.Module):
         # The pair model's head, applied at every token (the caller reads candidates' first).
         pooled = self.pooler.activation(self.pooler.dense(hidden))
         return self.classifier(self.dropout(pooled))[..., 0].to(torch.float32)
+
+
+def dummy_inputs(rows: int = 2, seq: int = 16) -> tuple[torch.Tensor, ...]:
+    """Example inputs for tracing: a prefix, three candidates and padding in every row."""
+    from contract.shared_prefix import pack
+
+    batch = pack([101, 1000, 1001, 102], [[2000], [2001, 2002], [2003]], max_len=seq, buckets=(seq,))
+    return tuple(torch.from_numpy(batch.arrays[k]).repeat(rows, 1) for k in INPUT_NAMES)
+
+
+def export_onnx(model: nn.Module, out_path, *, opset: int = 17, output_name: str = "score"):
+    """``SharedPrefixScorer(model)`` to one self-contained ONNX file: inputs ``INPUT_NAMES``
+    (INT64 [rows, sequence]), output ``output_name`` (FP32 [rows, sequence])."""
+    import warnings
+    from pathlib import Path
+
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    wrapper = SharedPrefixScorer(model).eval()
+    axes = {name: {0: "rows", 1: "sequence"} for name in (*INPUT_NAMES, output_name)}
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=DeprecationWarning)
+        warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
+        torch.onnx.export(wrapper, dummy_inputs(), str(out_path), dynamo=False, opset_version=opset,
+                          input_names=list(INPUT_NAMES), output_names=[output_name], dynamic_axes=axes,
+                          do_constant_folding=True, export_params=True)
+    return out_path
