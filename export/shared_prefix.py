@@ -54,7 +54,8 @@ def dummy_inputs(rows: int = 2, seq: int = 16) -> tuple[torch.Tensor, ...]:
     """Example inputs for tracing: a prefix, three candidates and padding in every row."""
     from contract.shared_prefix import pack
 
-    batch = pack([101, 1000, 1001, 102], [[2000], [2001, 2002], [2003]], max_len=seq, buckets=(seq,))
+    # Small ids: any vocabulary has them (the values do not shape the graph).
+    batch = pack([1, 10, 11, 2], [[20], [21, 22], [23]], max_len=seq, buckets=(seq,))
     return tuple(torch.from_numpy(batch.arrays[k]).repeat(rows, 1) for k in INPUT_NAMES)
 
 

@@ -11,13 +11,18 @@ from export.shared_prefix import SharedPrefixScorer  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def scorer():
+def classifier():
     from transformers import BertConfig, BertForSequenceClassification
 
     torch.manual_seed(0)
     cfg = BertConfig(vocab_size=300, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                      intermediate_size=64, max_position_embeddings=128, num_labels=1)
-    return SharedPrefixScorer(BertForSequenceClassification(cfg).eval()).eval()
+    return BertForSequenceClassification(cfg).eval()
+
+
+@pytest.fixture(scope="module")
+def scorer(classifier):
+    return SharedPrefixScorer(classifier).eval()
 
 
 def scores(scorer, batch):
@@ -53,3 +58,18 @@ def test_the_history_reaches_the_candidates_and_the_neighbours_do_not(scorer):
     # (a random tiny model's scores are small: compare against float noise, 1e-7)
     assert np.abs(base - other_history).min() > 1e-6
     assert abs(base[0] - other_neighbour[0]) < 1e-7
+
+
+def test_onnx_export_matches_torch_for_any_row_count_and_length(classifier, scorer, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from export.shared_prefix import export_onnx
+    from export.to_onnx import onnx_session
+
+    sess = onnx_session(export_onnx(classifier, tmp_path / "sp.onnx"), threads=1)
+    rng = np.random.default_rng(2)
+    for n, max_len in ((3, 32), (40, 24)):
+        cands = [rng.integers(10, 300, 2).tolist() for _ in range(n)]
+        batch = pack([1, 5, 2], cands, max_len=max_len)
+        got = batch.scores(sess.run(["score"], batch.arrays)[0])
+        np.testing.assert_allclose(got, scores(scorer, batch), atol=1e-5)
+
