@@ -1,4 +1,4 @@
-"""The model signature: one spec drives ONNX export axes, TensorRT profiles, config.pbtxt
+"""The model signature: one spec drives ONNX export axes, config.pbtxt
 and the gateway's padding. Export writes it into each version's ``manifest.json``; the
 gateway reads it back from the version it serves, so the two can never disagree."""
 
@@ -55,14 +55,13 @@ class ModelSpec:
 
     def config_pbtxt(self, *, backend: str = "python", instance_count: int = 1,
                      parameters: dict[str, str] | None = None) -> str:
-        """Triton ``config.pbtxt`` for this signature.
+        """Triton ``config.pbtxt`` for this signature, on CPU instances.
 
-        ``backend="python"`` runs ONNX Runtime inside Triton's Python backend (CPU);
-        ``backend="tensorrt_plan"`` declares a TensorRT engine (GPU nodes).
+        ``backend="python"`` runs the version's engine (ONNX Runtime or OpenVINO) inside
+        Triton's Python backend (``model_repository/reranker/model.py``). A GPU engine (a
+        TensorRT plan on ``KIND_GPU`` instances) lands here with the export that produces it.
         """
-        head = ('platform: "tensorrt_plan"\n' if backend == "tensorrt_plan"
-                else f'backend: "{backend}"\n')
-        lines = [f'name: "{self.name}"', head.rstrip("\n"), f"max_batch_size: {self.max_batch_size}"]
+        lines = [f'name: "{self.name}"', f'backend: "{backend}"', f"max_batch_size: {self.max_batch_size}"]
         for name in self.input_names:
             lines.append(f'input {{\n  name: "{name}"\n  data_type: TYPE_INT64\n  dims: [ -1 ]\n}}')
         lines.append(f'output {{\n  name: "{self.output_name}"\n  data_type: TYPE_FP32\n  dims: [ 1 ]\n}}')
@@ -76,8 +75,7 @@ class ModelSpec:
             + (f"  preferred_batch_size: [ {preferred} ]\n" if preferred else "")
             + f"  max_queue_delay_microseconds: {self.max_queue_delay_us}\n}}"
         )
-        kind = "KIND_GPU" if backend == "tensorrt_plan" else "KIND_CPU"
-        lines.append(f"instance_group {{\n  count: {instance_count}\n  kind: {kind}\n}}")
+        lines.append(f"instance_group {{\n  count: {instance_count}\n  kind: KIND_CPU\n}}")
         lines.append("version_policy: { latest: { num_versions: 1 } }")
         for key, value in sorted((parameters or {}).items()):
             lines.append(f'parameters {{\n  key: "{key}"\n  value: {{ string_value: "{value}" }}\n}}')

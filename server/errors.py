@@ -39,7 +39,3 @@ class Unavailable(RerankdError):
 
 class DeadlineExceeded(RerankdError):
     status = "DEADLINE_EXCEEDED"
-
-
-class Unauthenticated(RerankdError):
-    status = "UNAUTHENTICATED"

@@ -137,7 +137,37 @@ def row_lengths(mask: np.ndarray) -> np.ndarray:
     return np.where(attended.any(axis=1), last, 0)
 
 
-class Scorer:
+class RequestError(Exception):
+    """One request of a Triton batch failed on its own; the batch's other requests still run.
+    ``code``: the ``TritonError`` code, INVALID_ARG for inputs that cannot be scored,
+    INTERNAL when the engine failed on them."""
+
+    def __init__(self, message: str, code: str = "INVALID_ARG"):
+        super().__init__(message)
+        self.code = code
+
+
+def check_request(arrays: dict[str, np.ndarray | None], input_names) -> str | None:
+    """Why a request's inputs cannot be scored, or None: every input present, integer,
+    2-D ``[rows, seq]`` with ``seq >= 1``, all of one shape. (Triton checks names, types and
+    the batch dimension against ``config.pbtxt``; the sequence widths of ``dims: [ -1 ]`` are
+    per input, so nothing else checks that they agree.)"""
+    missing = [n for n in input_names if arrays.get(n) is None]
+    if missing:
+        return f"missing inputs {missing}"
+    first = arrays[input_names[0]]
+    for name in input_names:
+        a = arrays[name]
+        if a.ndim != 2 or a.shape[1] < 1:
+            return f"input {name!r} must be [rows, seq >= 1], not {list(a.shape)}"
+        if a.shape != first.shape:
+            return "inputs differ in shape: " + ", ".join(f"{n} {list(arrays[n].shape)}" for n in input_names)
+        if not np.issubdtype(a.dtype, np.integer):
+            return f"input {name!r} must be integer, not {a.dtype}"
+    return None
+
+
+class EngineScorer:
     """An engine plus the batching policy: join, sort by length, trim, run, unsort."""
 
     def __init__(self, engine, input_names, *, sub_batch: int = 32, trim_padding: bool = True,
@@ -194,17 +224,57 @@ class Scorer:
                 out[i] = s
         return out
 
+    def score_requests(self, parts: list[dict[str, np.ndarray | None]]) -> list[np.ndarray | RequestError]:
+        """Scores per request of a Triton batch, or the request's own error.
+
+        Requests with invalid inputs (``check_request``) get an error and stay out of the
+        engine call; the valid ones run together (``score_many``: one engine call). Should
+        that call fail (an input only the engine rejects, such as a token id outside the
+        vocabulary), each valid request runs alone, so only the bad one gets the error."""
+        out: list[np.ndarray | RequestError | None] = [None] * len(parts)
+        valid = []
+        for i, arrays in enumerate(parts):
+            problem = check_request(arrays, self.input_names)
+            if problem is None:
+                valid.append(i)
+            else:
+                out[i] = RequestError(problem)
+        if valid:
+            try:
+                for i, s in zip(valid, self.score_many([parts[i] for i in valid])):
+                    out[i] = s
+            except Exception as exc:
+                if len(valid) == 1:
+                    out[valid[0]] = RequestError(f"inference failed: {exc}", "INTERNAL")
+                else:
+                    for i in valid:
+                        try:
+                            out[i] = self.score(parts[i])
+                        except Exception as one:
+                            out[i] = RequestError(f"inference failed: {one}", "INTERNAL")
+        return out
+
 
 def load_scorer(version_dir: str, params: dict[str, str] | None = None,
                 input_names=("input_ids", "attention_mask", "token_type_ids"),
-                output_name: str = "score") -> Scorer:
+                output_name: str = "score") -> EngineScorer:
     p = {**DEFAULTS, "engine": version_engine(version_dir), **(params or {})}
     engine = load_engine(version_dir, output_name, p)
     missing = [n for n in input_names if n not in engine.input_names]
     if missing:
         raise EngineError(f"{ENGINE_FILES[p['engine']]} lacks inputs {missing}")
-    return Scorer(engine, input_names, sub_batch=int(p["sub_batch"]),
+    return EngineScorer(engine, input_names, sub_batch=int(p["sub_batch"]),
                   trim_padding=p["trim_padding"].lower() in ("1", "true", "yes"))
+
+
+def _as_numpy(tensor) -> np.ndarray | None:
+    return tensor.as_numpy() if tensor is not None else None
+
+
+def _triton_error(error: RequestError):
+    """The request's ``TritonError`` with its code (a stub without codes: its default)."""
+    code = getattr(pb_utils.TritonError, error.code, None)
+    return pb_utils.TritonError(str(error)) if code is None else pb_utils.TritonError(str(error), code)
 
 
 class TritonPythonModel:
@@ -220,11 +290,18 @@ class TritonPythonModel:
             raise pb_utils.TritonModelException(str(exc)) from None
 
     def execute(self, requests):
-        arrays = [{n: pb_utils.get_input_tensor_by_name(r, n).as_numpy() for n in self.input_names}
-                  for r in requests]
-        scores = self.scorer.score_many(arrays)
-        return [pb_utils.InferenceResponse([pb_utils.Tensor(self.output_name, np.ascontiguousarray(s.reshape(-1, 1)))])
-                for s in scores]
+        """One response per request: its scores, or its own error (a request with invalid
+        inputs does not fail the other requests the dynamic batcher put in its batch)."""
+        parts = [{n: _as_numpy(pb_utils.get_input_tensor_by_name(r, n)) for n in self.input_names}
+                 for r in requests]
+        responses = []
+        for result in self.scorer.score_requests(parts):
+            if isinstance(result, RequestError):
+                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=_triton_error(result)))
+            else:
+                tensor = pb_utils.Tensor(self.output_name, np.ascontiguousarray(result.reshape(-1, 1)))
+                responses.append(pb_utils.InferenceResponse(output_tensors=[tensor]))
+        return responses
 
     def finalize(self):
         self.scorer = None

@@ -22,7 +22,6 @@ STATUS_BY_NAME: dict[str, grpc.StatusCode] = {
     "RESOURCE_EXHAUSTED": grpc.StatusCode.RESOURCE_EXHAUSTED,
     "UNAVAILABLE": grpc.StatusCode.UNAVAILABLE,
     "DEADLINE_EXCEEDED": grpc.StatusCode.DEADLINE_EXCEEDED,
-    "UNAUTHENTICATED": grpc.StatusCode.UNAUTHENTICATED,
     "INTERNAL": grpc.StatusCode.INTERNAL,
 }
 

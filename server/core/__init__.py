@@ -1,1 +1,1 @@
-"""The request pipeline: assemble, render + tokenize, infer, rules. No gRPC here."""
+"""The request pipeline: resolve, gather features, score (render + tokenize, infer), rank. No gRPC here."""

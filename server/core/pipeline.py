@@ -1,4 +1,4 @@
-"""The request pipeline: validate -> features -> render + tokenize -> infer -> rules.
+"""The request pipeline: resolve -> gather features -> score (render, tokenize, infer) -> rank.
 
 Transport-free: takes and returns ``server.types`` objects and raises ``server.errors``.
 """
@@ -17,6 +17,7 @@ from contract.calibration import apply_text_offset
 from contract.render import Renderer
 from server.core.admission import Admission
 from server.core.score_cache import ScoreCache
+from server.core.stages import Features, Plan, Ranking, Scores
 from server.core.validate import validate_events, validate_items, validate_rerank
 from server.errors import DeadlineExceeded
 from server.rules import (
@@ -38,7 +39,9 @@ from server.types import (
 )
 
 
-class Scorer(Protocol):
+class InferenceClient(Protocol):
+    """Scores encoded pairs on a served model version (``server.triton.client.TritonScorer``)."""
+
     async def score(self, batch, spec, version: str, timeout_s: float | None = None,
                     headers: dict[str, str] | None = None) -> np.ndarray: ...
 
@@ -78,10 +81,43 @@ def _unique(ids: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(ids))
 
 
-class Pipeline:
-    """One object per gateway; safe for concurrent requests on one event loop."""
+class _Version:
+    """What the pipeline derives from one loaded model version, once: its renderer (which
+    memoizes item texts and which items have tokens) and its default blend per rule set."""
 
-    def __init__(self, config: PipelineConfig, store, scorer: Scorer, models: ModelSource,
+    __slots__ = ("model", "renderer", "blend", "_rulesets")
+    max_rulesets = 256  # overridden rule sets come and go (``apply_overrides`` caches 256)
+
+    def __init__(self, model):
+        self.model = model
+        self.renderer = Renderer.for_model(model.manifest, model.tokenizer)
+        manifest = model.manifest
+        self.blend = manifest.blend if manifest is not None else None
+        self._rulesets: dict[int, tuple[RuleSet, RuleSet]] = {}
+
+    def with_blend(self, ruleset: RuleSet) -> RuleSet:
+        """A rule set without a blend of its own gets the one the model version recommends
+        (chosen on validation by ``rerankd train``, recorded in its manifest), so the served
+        order is the evaluated final order by default. Resolved once per rule set object."""
+        if self.blend is None or ruleset.blend is not None:
+            return ruleset
+        hit = self._rulesets.get(id(ruleset))
+        if hit is None or hit[0] is not ruleset:  # the id of a rule set since collected
+            if len(self._rulesets) >= self.max_rulesets:
+                self._rulesets.clear()
+            hit = self._rulesets[id(ruleset)] = (ruleset, dataclasses.replace(ruleset, blend=self.blend))
+        return hit[1]
+
+
+class Pipeline:
+    """One object per gateway; safe for concurrent requests on one event loop.
+
+    A Rerank runs four stages, each timed into ``RerankResponse.timings_ms``:
+    ``_resolve`` (rule set, model version, deadline) -> ``_gather`` (history, items) ->
+    ``_score`` (score cache, render + tokenize, infer) -> ``_rank`` (blend, rules, order).
+    """
+
+    def __init__(self, config: PipelineConfig, store, scorer: InferenceClient, models: ModelSource,
                  admission: Admission | None = None, items=None, score_cache: ScoreCache | None = None,
                  rules: RulesProvider | None = None, telemetry: Telemetry | None = None):
         self.config = config
@@ -96,18 +132,17 @@ class Pipeline:
         self.scorer = scorer
         self.models = models
         self.admission = admission or Admission(256)
-        self._renderers: dict[tuple[str, str], tuple[object, Renderer]] = {}
+        self._versions: dict[tuple[str, str], _Version] = {}
 
-    def _renderer(self, model) -> Renderer:
-        """The served version's renderer, built once per loaded model (it memoizes item texts
-        and which items have tokens)."""
+    def _version(self, model) -> _Version:
+        """The pipeline's state for the served version, built once per loaded model."""
         key = (model.name, model.version)
-        hit = self._renderers.get(key)
-        if hit is None or hit[0] is not model:
-            if len(self._renderers) > 8:  # versions come and go; keep the few in use
-                self._renderers.clear()
-            hit = self._renderers[key] = (model, Renderer.for_model(model.manifest, model.tokenizer))
-        return hit[1]
+        hit = self._versions.get(key)
+        if hit is None or hit.model is not model:
+            if len(self._versions) > 8:  # versions come and go; keep the few in use
+                self._versions.clear()
+            hit = self._versions[key] = _Version(model)
+        return hit
 
     async def rerank(self, req: RerankRequest) -> RerankResponse:
         with self.admission.slot():
@@ -115,45 +150,67 @@ class Pipeline:
 
     async def _rerank(self, req: RerankRequest) -> RerankResponse:
         watch = _Stopwatch()
-        cfg = self.config
-        validate_rerank(req, max_candidates=cfg.max_candidates)
-        # Resolve the rule set before any work: an unknown name or a forbidden override fails fast.
+        plan = self._resolve(req, watch)
+        features = await self._gather(req, plan, watch)
+        scores = await self._score(req, plan, features, watch)
+        ranking = self._rank(req, plan, features, scores, watch)
+        watch.stages["total"] = watch.elapsed_s() * 1000.0
+        self.telemetry.record_stages(watch.spans)
+        model = plan.model
+        return RerankResponse(items=ranking.items, model_name=model.name, model_version=model.version,
+                              timings_ms=watch.stages, request_id=req.request_id,
+                              filtered=ranking.filtered if req.explain else [])
+
+    def _resolve(self, req: RerankRequest, watch: _Stopwatch) -> Plan:
+        """Validate, then fix the rule set and model version before any work: an unknown rule
+        set, a forbidden override or no ready model fails fast. Timed as ``validate``."""
+        validate_rerank(req, max_candidates=self.config.max_candidates)
         ruleset = self.rules.get(req.rule_set)
         if req.rule_overrides:
             ruleset = apply_overrides(ruleset, req.rule_overrides)
-        model = self.models.require()
-        if ruleset.blend is None:
-            ruleset = self._with_model_blend(ruleset, model.manifest)
-        budget_s = req.timeout_s if req.timeout_s is not None else cfg.default_timeout_s
+        version = self._version(self.models.require())
+        budget_s = req.timeout_s if req.timeout_s is not None else self.config.default_timeout_s
+        plan = Plan(version.model, version.with_blend(ruleset), version.renderer, budget_s)
         watch.mark("validate")
+        return plan
 
+    async def _gather(self, req: RerankRequest, plan: Plan, watch: _Stopwatch) -> Features:
+        """The user's history (cold start: the caller's session items) and the item each
+        candidate is read from. Timed as ``features``."""
+        cfg = self.config
         events = await self.store.recent_events(req.user_id, cfg.history_len)
         weights = cfg.event_weights
         history_ids = _unique([e.item_id for e in events if weights.get(e.event_type, 1.0) > 0])
         if not history_ids:  # cold start: the caller's session items stand in for history
             history_ids = _unique(req.context.session_item_ids)
         # The served version's own render options (item-ID tokens, history length): its manifest.
-        renderer = self._renderer(model)
-        n_history = renderer.history_items(cfg.history_in_text)
-        history_ids = history_ids[:n_history]
-        items = await self.items.get_items(_unique(history_ids + [c.item_id for c in req.candidates]))
-        watch.mark("features")
-
-        user_text = renderer.user([items[i] for i in history_ids if i in items], req.context.text,
-                                  max_items=n_history)
+        history_ids = history_ids[:plan.renderer.history_items(cfg.history_in_text)]
+        found = await self.items.get_items(_unique(history_ids + [c.item_id for c in req.candidates]))
+        history = [found[i] for i in history_ids if i in found]
         # Policy for items not in the catalog: scored from the candidate's inline text if it
         # has one; otherwise not scored, flagged ``unscored`` and placed after all scored items.
-        # ``sources``, by candidate index, says how the model reads each one; decided from the
-        # item id as the renderer decides, so it matches what is rendered below.
-        scoreable: list[tuple[int, Item]] = []
-        sources = [ScoredFrom.UNSPECIFIED] * len(req.candidates)
-        source = renderer.scored_from
+        items: list[Item] = []
+        positions: list[int] = []
+        get = found.get
         for idx, c in enumerate(req.candidates):
-            item = items.get(c.item_id) or (Item(c.item_id, title=c.text) if c.text.strip() else None)
+            item = get(c.item_id) or (Item(c.item_id, title=c.text) if c.text.strip() else None)
             if item is not None:
-                scoreable.append((idx, item))
-                sources[idx] = source(item.item_id)
-        item_texts = renderer.items([it for _, it in scoreable])
+                items.append(item)
+                positions.append(idx)
+        watch.mark("features")
+        return Features(events, history, items, None if len(items) == len(req.candidates) else positions)
+
+    async def _score(self, req: RerankRequest, plan: Plan, features: Features, watch: _Stopwatch) -> Scores:
+        """The model score of each scoreable candidate: from the score cache, else rendered,
+        tokenized (timed as ``tokenize``) and inferred (timed as ``infer``)."""
+        model, renderer = plan.model, plan.renderer
+        user_text = renderer.user(features.history, req.context.text,
+                                  max_items=renderer.history_items(self.config.history_in_text))
+        # How the model reads each scored item, decided from the item id as the renderer
+        # decides, so it matches what is rendered below.
+        source = renderer.scored_from
+        read_from = [source(item.item_id) for item in features.items]
+        item_texts = renderer.items(features.items)
         scores = self.score_cache.lookup(model.version, user_text, item_texts)
         todo = [k for k, s in enumerate(scores) if s is None]
         every = len(todo) == len(scores)  # no cache hit: skip the per-item index juggling
@@ -162,7 +219,7 @@ class Pipeline:
         watch.mark("tokenize")
 
         if batch is not None:
-            remaining = budget_s - watch.elapsed_s()
+            remaining = plan.budget_s - watch.elapsed_s()
             if remaining <= 0:
                 raise DeadlineExceeded("deadline passed before inference")
             fresh = await self.scorer.score(batch, model.spec, model.version, timeout_s=remaining,
@@ -175,53 +232,63 @@ class Pipeline:
                     scores[k] = s
         offset = model.manifest.text_offset if model.manifest is not None else 0.0
         if offset:  # cold items onto the warm items' scale (the cache keeps raw scores)
-            apply_text_offset(scores, [sources[idx] is ScoredFrom.TEXT for idx, _ in scoreable], offset)
+            apply_text_offset(scores, [f is ScoredFrom.TEXT for f in read_from], offset)
+        positions = features.positions
+        if positions is None:
+            scored_from = read_from
+        else:
+            scored_from = [ScoredFrom.UNSPECIFIED] * len(req.candidates)
+            for idx, f in zip(positions, read_from):
+                scored_from[idx] = f
         watch.mark("infer")
+        return Scores(scores, scored_from)
 
-        ranked = filtered = None
+    def _rank(self, req: RerankRequest, plan: Plan, features: Features, scores: Scores,
+              watch: _Stopwatch) -> Ranking:
+        """Blend, apply the rules and order. A rule set that can only blend and sort (the
+        default) ranks the request's columns; any other goes through the rules engine, one
+        ``RuleCandidate`` per candidate. Timed as ``rules``."""
+        ruleset = plan.ruleset
+        ranked = None
         if not req.explain and orders_by_score_only(ruleset):  # the default: blend and sort
-            ranked = self._rank_columns(ruleset, req, scoreable, scores, sources)
-        if ranked is None:
-            if len(scoreable) == len(req.candidates):  # the usual case: every candidate scored
-                rule_cands = [RuleCandidate.of(c, item, s, f)
-                              for c, (_, item), s, f in zip(req.candidates, scoreable, scores, sources)]
-            else:
-                scored_at = {idx: (item, scores[k]) for k, (idx, item) in enumerate(scoreable)}
-                rule_cands = [RuleCandidate.of(c, *scored_at.get(idx, (None, None)), sources[idx])
-                              for idx, c in enumerate(req.candidates)]
-            outcome = apply_rules(ruleset, rule_cands, history=events, now=time.time(), top_n=req.top_n)
-            ranked, filtered = outcome.to_scored_items(explain=req.explain), outcome.filtered
+            ranked = self._rank_columns(ruleset, req, features.positions, scores)
+        if ranked is not None:
+            ranking = Ranking(ranked, [])
+        else:
+            ranking = self._rank_rules(ruleset, req, features, scores)
         watch.mark("rules")
-        watch.stages["total"] = watch.elapsed_s() * 1000.0
-        self.telemetry.record_stages(watch.spans)
-        return RerankResponse(items=ranked, model_name=model.name, model_version=model.version,
-                              timings_ms=watch.stages, request_id=req.request_id,
-                              filtered=filtered if req.explain and filtered else [])
+        return ranking
 
     @staticmethod
-    def _rank_columns(ruleset: RuleSet, req: RerankRequest, scoreable: list[tuple[int, Item]],
-                      scores: list, sources: list[ScoredFrom]) -> list | None:
+    def _rank_columns(ruleset: RuleSet, req: RerankRequest, positions: list[int] | None,
+                      scores: Scores) -> list | None:
         """``rank_by_score`` over the request's columns (None: the engine must decide)."""
         n = len(req.candidates)
-        if len(scoreable) == n:
-            model, scored = np.asarray(scores, dtype=np.float64), np.ones(n, dtype=bool)
+        if positions is None:
+            model, scored = np.asarray(scores.model, dtype=np.float64), np.ones(n, dtype=bool)
         else:
             model, scored = np.zeros(n), np.zeros(n, dtype=bool)
-            for k, (idx, _) in enumerate(scoreable):
-                model[idx], scored[idx] = scores[k], True
+            if positions:
+                model[positions] = scores.model
+                scored[positions] = True
         # None -> NaN: "no retrieval score" (retrieval scores themselves are finite, validated).
         retrieval = np.array([c.retrieval_score for c in req.candidates], dtype=np.float64)
         return rank_by_score(ruleset, [c.item_id for c in req.candidates], model, scored, retrieval,
-                             req.top_n, sources)
+                             req.top_n, scores.scored_from)
 
     @staticmethod
-    def _with_model_blend(ruleset: RuleSet, manifest) -> RuleSet:
-        """A rule set without a blend of its own gets the one the model version recommends
-        (chosen on validation by ``rerankd train``, recorded in its manifest), so the served
-        order is the evaluated final order by default."""
-        if manifest is None or manifest.blend is None or ruleset.blend is not None:
-            return ruleset
-        return dataclasses.replace(ruleset, blend=manifest.blend)
+    def _rank_rules(ruleset: RuleSet, req: RerankRequest, features: Features, scores: Scores) -> Ranking:
+        """The rules engine's order (filters, boosts, diversity, pins, explanations)."""
+        sources = scores.scored_from
+        if features.positions is None:  # the usual case: every candidate scored
+            rule_cands = [RuleCandidate.of(c, item, s, f)
+                          for c, item, s, f in zip(req.candidates, features.items, scores.model, sources)]
+        else:
+            scored_at = dict(zip(features.positions, zip(features.items, scores.model)))
+            rule_cands = [RuleCandidate.of(c, *scored_at.get(idx, (None, None)), sources[idx])
+                          for idx, c in enumerate(req.candidates)]
+        outcome = apply_rules(ruleset, rule_cands, history=features.events, now=time.time(), top_n=req.top_n)
+        return Ranking(outcome.to_scored_items(explain=req.explain), outcome.filtered or [])
 
     async def record_events(self, events: Sequence[Event]) -> RecordResult:
         validate_events(events, now=time.time(), max_events=self.config.max_events_per_call)

@@ -49,12 +49,6 @@ class TritonScorer:
         return [m.get("version", "") for m in index.get("models", [])
                 if m.get("name") == model_name and m.get("state") == "READY"]
 
-    async def server_live(self) -> bool:
-        try:
-            return await self._client.is_server_live(client_timeout=2.0)
-        except InferenceServerException:
-            return False
-
     async def score(self, batch: EncodedBatch, spec: ModelSpec, version: str,
                     timeout_s: float | None = None, headers: dict[str, str] | None = None) -> np.ndarray:
         """Scores for every row of ``batch`` (float32 [n]).
@@ -116,12 +110,6 @@ class TritonScorer:
     def abandoned_calls(self) -> int:
         """Calls still running in Triton whose caller gave up waiting (past its deadline)."""
         return len(self._abandoned)
-
-    async def inference_statistics(self, model_name: str) -> dict:
-        return await self._client.get_inference_statistics(model_name, as_json=True)
-
-    async def load_model(self, model_name: str) -> None:
-        await self._client.load_model(model_name)
 
     async def close(self, drain_s: float = 10.0) -> None:
         """Close the channel once open inference calls end (up to ``drain_s``): closing it

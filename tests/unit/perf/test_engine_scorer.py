@@ -50,9 +50,9 @@ def test_row_lengths(backend):
 @pytest.mark.parametrize("sub_batch", [0, 1, 7, 32])
 def test_trimmed_scores_equal_untrimmed(backend, sub_batch):
     b = batch([5, 40, 17, 128, 3, 64, 33] * 5, 128)
-    ref = backend.Scorer(FakeEngine(), NAMES, trim_padding=False, sub_batch=0).score(b)
+    ref = backend.EngineScorer(FakeEngine(), NAMES, trim_padding=False, sub_batch=0).score(b)
     eng = FakeEngine()
-    got = backend.Scorer(eng, NAMES, sub_batch=sub_batch).score(b)
+    got = backend.EngineScorer(eng, NAMES, sub_batch=sub_batch).score(b)
     np.testing.assert_array_equal(got, ref)
     assert all(w % backend.TRIM_MULTIPLE == 0 or w == 128 for _, w in eng.widths)
     if sub_batch == 7:  # sorted by length: the shortest rows run narrow
@@ -62,24 +62,24 @@ def test_trimmed_scores_equal_untrimmed(backend, sub_batch):
 def test_score_many_joins_widths_and_splits_back(backend):
     parts = [batch([10, 20], 32, 1), batch([60, 5, 7], 64, 2), batch([100], 128, 3)]
     eng = FakeEngine()
-    s = backend.Scorer(eng, NAMES, sub_batch=0)
+    s = backend.EngineScorer(eng, NAMES, sub_batch=0)
     got = s.score_many(parts)
     assert [len(g) for g in got] == [2, 3, 1]
     for g, p in zip(got, parts):
-        np.testing.assert_array_equal(g, backend.Scorer(FakeEngine(), NAMES, trim_padding=False).score(p))
+        np.testing.assert_array_equal(g, backend.EngineScorer(FakeEngine(), NAMES, trim_padding=False).score(p))
     assert len(eng.widths) == 1  # one engine call for all three requests
 
 
 def test_without_trim_requests_of_equal_width_share_a_call(backend):
     parts = [batch([10, 20], 32, 1), batch([6], 32, 2), batch([60], 64, 3)]
     eng = FakeEngine()
-    got = backend.Scorer(eng, NAMES, trim_padding=False, sub_batch=0).score_many(parts)
+    got = backend.EngineScorer(eng, NAMES, trim_padding=False, sub_batch=0).score_many(parts)
     assert sorted(w for w in eng.widths) == [(1, 64), (3, 32)]
     assert [len(g) for g in got] == [2, 1, 1]
 
 
 def test_empty_batch(backend):
-    assert backend.Scorer(FakeEngine(), NAMES).score(batch([], 32)).shape == (0,)
+    assert backend.EngineScorer(FakeEngine(), NAMES).score(batch([], 32)).shape == (0,)
 
 
 def test_unknown_engine_and_missing_file(backend, tmp_path):

