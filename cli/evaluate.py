@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from contract.blend import Blend
+from contract.model_spec import Manifest
+from export.write_repo import existing_versions, trained_versions
 from server.settings import PROJECT_ROOT, Settings
 
 
 def latest_version_dir(repo: Path, name: str) -> Path:
-    from export.write_repo import existing_versions
-
     versions = [v for v in existing_versions(repo, name) if (Path(repo) / name / str(v) / "model.onnx").is_file()]
     if not versions:
         raise FileNotFoundError(f"no version of {name} in {repo}: run `rerankd train` first")
@@ -19,7 +20,8 @@ def latest_version_dir(repo: Path, name: str) -> Path:
 def run(args, settings: Settings) -> int:
     """``rerankd eval``: the main protocol, or with ``--cold-start`` the protocol of
     ``evaluation.coldstart``."""
-    from contract.blend import Blend
+    # The parser imports this module for every command; the evaluation (a served stack's
+    # client, the protocols) loads only when this one runs.
     from evaluation.evaluate import run_eval
 
     repo = Path(settings.triton.model_repository)
@@ -49,9 +51,7 @@ def run(args, settings: Settings) -> int:
 
 def _newest_warm_version(repo: Path, name: str) -> Path | None:
     """The newest trained version of ``repo`` that holds no item out (the warm reference)."""
-    from contract.model_spec import Manifest
-    from evaluation.coldstart import held_out_items
-    from export.write_repo import trained_versions
+    from evaluation.cold_lists import held_out_items
 
     for v in reversed(trained_versions(repo, name)):
         if not held_out_items(Manifest.read(repo / name / str(v) / "manifest.json")):

@@ -5,14 +5,18 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from export.write_repo import trained_versions
+from interactions.movielens import fetch_movielens
 from server.settings import PROJECT_ROOT, Settings
 
 
 def run(args, settings: Settings) -> int:
     """``rerankd train``."""
-    from export.write_repo import trained_versions
-    from interactions.movielens import fetch_movielens
-    from training.train import TrainConfig, TrainingData, train
+    # The parser imports this module for every command; training (torch, the export extra)
+    # loads only when this one runs.
+    from training.config import TrainConfig
+    from training.data import TrainingData
+    from training.train import train
 
     repo = settings.triton.model_repository
     name = settings.triton.model_name

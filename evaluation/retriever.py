@@ -9,11 +9,21 @@ split (HR@50) and prints ItemKNN vs popularity on the test split.
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 import numpy as np
 
-from interactions.movielens import Interaction, id_sort_key
+from evaluation.metrics import evaluate
+from interactions.movielens import (
+    Interaction,
+    fetch_movielens,
+    id_sort_key,
+    leave_one_out,
+    load_interactions,
+    load_items,
+)
 
 # Chosen on the ML-100K validation split by HR@50 (``python -m evaluation.retriever``): recent=3
 # with no pruning scored 0.456, recent 2-10 scored 0.43-0.46; all recent items scored 0.33.
@@ -179,17 +189,6 @@ def _rankings(retriever, split, upto: str, k: int, **kw) -> dict[str, list[str]]
 
 
 def _main(argv: Sequence[str] | None = None) -> None:
-    import argparse
-    from pathlib import Path
-
-    from evaluation.metrics import evaluate
-    from interactions.movielens import (
-        fetch_movielens,
-        leave_one_out,
-        load_interactions,
-        load_items,
-    )
-
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cache", type=Path, default=Path(".cache/data"))
     ap.add_argument("--k", type=int, default=50)

@@ -12,15 +12,25 @@ project: every user, all catalogue items ranked, the user's known history masked
 
 from __future__ import annotations
 
+import argparse
+import json
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from evaluation.metrics import evaluate
-from interactions.movielens import Split, Upto
+from interactions.movielens import (
+    Split,
+    Upto,
+    fetch_movielens,
+    leave_one_out,
+    load_interactions,
+    load_items,
+)
 
 KS = (5, 10, 20)
 TOP = 20
@@ -234,17 +244,6 @@ def select_epochs(split: Split, catalogue: list[str], max_epochs: int, *, seed: 
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    import argparse
-    import json
-    from pathlib import Path
-
-    from interactions.movielens import (
-        fetch_movielens,
-        leave_one_out,
-        load_interactions,
-        load_items,
-    )
-
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path, default=Path(".cache/data"))
     ap.add_argument("--upto", choices=("valid", "test"), default="test")

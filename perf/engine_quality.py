@@ -3,7 +3,7 @@
     python -m perf.engine_quality --hf-dir CKPT [--render '{"item_tokens": true, ...}'] [--users 150]
     python -m perf.engine_quality --model-version N
 
-Protocol: the evaluation's validation lists (``evaluation.evaluate.build_lists``: ItemKNN top-50 fit
+Protocol: the evaluation's validation lists (``evaluation.protocol.build_lists``: ItemKNN top-50 fit
 on train, history = train), users whose validation target is among the candidates (only they
 can move a metric), scored by each variant through the backend's own ``load_scorer``; reports
 NDCG@10 / HR@10 over all users (misses count) and over the scored ones, plus per-list Spearman
@@ -39,8 +39,8 @@ def run(version_dir: Path, *, users: int, threads: int, engines: list[str], seed
     from contract.model_spec import Manifest
     from contract.render import Renderer
     from contract.tokenize import PairTokenizer
-    from evaluation.evaluate import build_lists
     from evaluation.metrics import evaluate
+    from evaluation.protocol import build_lists
     from interactions.movielens import leave_one_out, load_interactions, load_items
     from perf.workload import movielens_folder
 

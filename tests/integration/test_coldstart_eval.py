@@ -15,7 +15,8 @@ USERS = [str(u) for u in range(1, 41)]
 
 
 def _train(data, repo, work, tiny_model_dir, holdout: float):
-    from training.train import TrainConfig, train
+    from training.config import TrainConfig
+    from training.train import train
 
     cfg = TrainConfig(base_model=str(tiny_model_dir), max_steps=2, negatives=3, lists_per_step=2,
                       budget_min=5, checkpoint_every_min=0, blend_grid=(0.0, 0.5), positives="all",
@@ -26,8 +27,9 @@ def _train(data, repo, work, tiny_model_dir, holdout: float):
 
 def test_cold_start_protocol_through_the_served_path(tmp_path, tiny_model_dir, movielens_folder):
     from contract.model_spec import Manifest
-    from evaluation.coldstart import held_out_items, run_cold_eval
-    from training.train import TrainingData
+    from evaluation.cold_lists import held_out_items
+    from evaluation.coldstart import run_cold_eval
+    from training.data import TrainingData
 
     triton_install()
     cold_data = TrainingData.load(movielens_folder, users=USERS, cold_holdout=0.3, cold_seed=0)

@@ -14,7 +14,9 @@ USERS = [str(u) for u in range(1, 9)]
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_model_dir, movielens_folder):
-    from training.train import TrainConfig, TrainingData, train
+    from training.config import TrainConfig
+    from training.data import TrainingData
+    from training.train import train
 
     triton_install()
     folder = movielens_folder

@@ -18,7 +18,9 @@ USERS = [str(u) for u in range(1, 9)]
 def served(tmp_path_factory, tiny_model_dir, movielens_folder):
     """(training data, version folder, stub) of a tiny model trained with item tokens (the
     default), served alone by Triton behind a gateway with an empty store."""
-    from training.train import TrainConfig, TrainingData, train
+    from training.config import TrainConfig
+    from training.data import TrainingData
+    from training.train import train
 
     triton_install()
     data = TrainingData.load(movielens_folder, users=USERS)

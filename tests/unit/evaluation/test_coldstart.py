@@ -8,13 +8,13 @@ import pytest
 
 from contract.items import Item
 from contract.render import Renderer, RenderOptions
-from evaluation.coldstart import (
+from evaluation.baselines import genre_scores
+from evaluation.cold_lists import (
     ColdList,
     auc,
     build_cold_lists,
     cold_items,
     expected_random_ndcg,
-    genre_scores,
     list_metrics,
     order_by,
     top_share,
@@ -99,14 +99,10 @@ def _synthetic(n_users=40, n_items=60, length=12, seed=0):
 def test_training_never_sees_a_held_out_item_as_target_negative_or_token(tmp_path):
     pytest.importorskip("torch")
     from export.tiny import make_tiny_model
-    from training.train import (
-        ExampleSampler,
-        TrainConfig,
-        TrainEncoder,
-        TrainingData,
-        build_model,
-        training_positions,
-    )
+    from training.config import TrainConfig
+    from training.data import ExampleSampler, TrainingData, training_positions
+    from training.encoder import TrainEncoder
+    from training.model import build_model
 
     rows, items = _synthetic()
     cold = cold_items([i.item_id for i in items], 0.2, seed=3)
@@ -183,7 +179,7 @@ def test_the_offset_gives_text_read_items_the_share_they_take_as_tokens():
     from its token: the offset found must undo that, and the shares then match."""
     from types import SimpleNamespace
 
-    from evaluation.coldstart import choose_text_offset
+    from evaluation.text_offset import choose_text_offset
 
     rng = random.Random(0)
     items = [str(i) for i in range(1, 401)]
@@ -212,7 +208,7 @@ def test_the_offset_gives_text_read_items_the_share_they_take_as_tokens():
 def test_a_model_without_item_tokens_needs_no_offset():
     from types import SimpleNamespace
 
-    from evaluation.coldstart import choose_text_offset
+    from evaluation.text_offset import choose_text_offset
 
     enc = SimpleNamespace(renderer=SimpleNamespace(options=SimpleNamespace(item_tokens=False)))
     assert choose_text_offset([("u", [], ["a"], [0.0])], [np.zeros(1)], None, enc, None)["offset"] == 0.0

@@ -4,14 +4,9 @@ import numpy as np
 import pytest
 
 from contract.blend import Blend, model_order
-from evaluation.evaluate import (
-    EvalList,
-    agreement,
-    metrics_of,
-    orders_from_scores,
-    random_order,
-)
+from evaluation.evaluate import agreement, metrics_of, orders_from_scores
 from evaluation.metrics import evaluate
+from evaluation.protocol import EvalList, random_order
 
 
 def test_random_order_is_a_seeded_permutation():
@@ -53,7 +48,7 @@ def test_agreement_reports_score_and_order_differences():
 
 
 def test_blend_grid_covers_minmax_weights_and_raw_logits():
-    from evaluation.evaluate import blend_grid
+    from evaluation.protocol import blend_grid
 
     grid = blend_grid((0.0, 0.5, 1.0))
     assert [(g.model_weight, g.retrieval_weight) for g in grid[:3]] == [(1.0, 0.0), (0.5, 0.5), (0.0, 1.0)]
@@ -61,7 +56,7 @@ def test_blend_grid_covers_minmax_weights_and_raw_logits():
 
 
 def test_final_order_takes_scores_as_float32_as_on_the_wire():
-    from evaluation.evaluate import blend_order
+    from evaluation.protocol import blend_order
 
     # 1 + 1e-9 is 1.0 in float32: a tie, broken by item id as the gateway would see it.
     assert blend_order(["b", "a"], [1.0 + 1e-9, 1.0], [0.0, 0.0], None) == ["a", "b"]

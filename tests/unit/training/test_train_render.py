@@ -93,7 +93,7 @@ def test_training_eval_and_serving_encode_identical_token_ids(tokenizer_with_ite
     from server.core.pipeline import Pipeline, PipelineConfig
     from server.features.sqlite import SqliteStore
     from server.types import Candidate, RerankRequest
-    from training.train import TrainEncoder
+    from training.encoder import TrainEncoder
 
     opts = RenderOptions(item_tokens=True, history_titles=False, item_text=True,
                          item_attributes=("year", "genres"), history_items=3)

@@ -17,7 +17,7 @@ def folder(movielens_folder):
 
 @pytest.fixture(scope="module")
 def data(folder):
-    from training.train import TrainingData
+    from training.data import TrainingData
 
     return TrainingData.load(folder, users=USERS)
 
@@ -31,7 +31,7 @@ def tiny(tmp_path_factory):
 
 
 def cfg(tiny, **kw):
-    from training.train import TrainConfig
+    from training.config import TrainConfig
 
     base = dict(base_model=str(tiny), max_steps=2, negatives=3, lists_per_step=2, budget_min=5,
                 checkpoint_every_min=0, blend_grid=(0.0, 0.5, 1.0), positives="all",
@@ -41,7 +41,8 @@ def cfg(tiny, **kw):
 
 
 def test_training_positions_and_hard_negatives(data):
-    from training.train import ExampleSampler, TrainConfig, training_positions
+    from training.config import TrainConfig
+    from training.data import ExampleSampler, training_positions
 
     split = data.split
     pos = training_positions(split)
@@ -113,7 +114,8 @@ def test_one_step_checkpoint_resume_export_and_eval(data, tiny, tmp_path, folder
 
 
 def test_budget_is_respected(data, tiny, tmp_path):
-    from training.train import BudgetExceeded, train
+    from training.budget import BudgetExceeded
+    from training.train import train
 
     # Generous enough that model loading on a busy 2-core machine still leaves time to train.
     res = train(cfg(tiny, max_steps=0, epochs=50, budget_min=0.5), data, repo=None, work_dir=tmp_path,
