@@ -13,6 +13,9 @@ from contract.blend import Blend
 
 # The rule name a version's own blend gets in explanations.
 MODEL_BLEND = "model_blend"
+PAIRWISE = "pairwise"
+SHARED_PREFIX = "shared_prefix"
+SCORINGS = (PAIRWISE, SHARED_PREFIX)
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,28 @@ class ModelSpec:
     # throughput at 8 concurrent callers (perf/, measured side by side).
     max_queue_delay_us: int = 0
     preferred_batch_sizes: tuple[int, ...] = (32, 64, 128)
+    # How a version reads a request: ``pairwise`` (a row per (user, candidate) pair, one
+    # score per row: imported Hugging Face cross-encoders) or ``shared_prefix`` (rows of
+    # ``contract.shared_prefix``: the user once, many candidates, a score per token).
+    scoring: str = PAIRWISE
+
+    def __post_init__(self) -> None:
+        if self.scoring not in SCORINGS:
+            raise ValueError(f"scoring must be one of {', '.join(SCORINGS)}, not {self.scoring!r}")
+
+    @classmethod
+    def shared_prefix(cls, name: str = "reranker") -> "ModelSpec":
+        """The signature of a shared-prefix version: a row holds the user prefix and as many
+        candidates as fit in its bucket; a request is one row up to about 500 warm candidates."""
+        from contract.shared_prefix import INPUT_NAMES
+
+        return cls(name=name, input_names=INPUT_NAMES, max_batch_size=16, seq_buckets=(32, 64, 128, 256, 512),
+                   preferred_batch_sizes=(), scoring=SHARED_PREFIX)
+
+    @property
+    def output_dims(self) -> str:
+        """config.pbtxt dims of the output: a score per row, or per token of a row."""
+        return "-1" if self.scoring == SHARED_PREFIX else "1"
 
     @property
     def max_seq_len(self) -> int:
@@ -64,7 +89,7 @@ class ModelSpec:
         lines = [f'name: "{self.name}"', f'backend: "{backend}"', f"max_batch_size: {self.max_batch_size}"]
         for name in self.input_names:
             lines.append(f'input {{\n  name: "{name}"\n  data_type: TYPE_INT64\n  dims: [ -1 ]\n}}')
-        lines.append(f'output {{\n  name: "{self.output_name}"\n  data_type: TYPE_FP32\n  dims: [ 1 ]\n}}')
+        lines.append(f'output {{\n  name: "{self.output_name}"\n  data_type: TYPE_FP32\n  dims: [ {self.output_dims} ]\n}}')
         preferred = ", ".join(str(b) for b in self.preferred_batch_sizes if b <= self.max_batch_size)
         # No queue policy (request timeouts): with one, Triton 2.51's batcher sometimes left a
         # queued request waiting ~500 ms after the instance freed up (a 2-chunk request: 3 of 8

@@ -18,6 +18,7 @@ Training, evaluation and the gateway all build their inputs here.
 from __future__ import annotations
 
 import bisect
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -46,9 +47,17 @@ class PrefixBatch:
     def arrays(self) -> dict[str, np.ndarray]:
         return {"input_ids": self.input_ids, "cand_index": self.cand_index, "positions": self.positions}
 
+    def __len__(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    def rows(self, start: int, stop: int) -> dict[str, np.ndarray]:
+        return {k: v[start:stop] for k, v in self.arrays.items()}
+
     def scores(self, token_scores: np.ndarray) -> np.ndarray:
-        """Per-candidate scores from the model's per-token output [rows, seq_len]."""
-        return np.asarray(token_scores)[self.first_token[:, 0], self.first_token[:, 1]]
+        """Per-candidate scores from the model's per-token output [rows, seq_len] (a row may
+        come back trimmed of trailing padding: only first-token columns are read)."""
+        out = np.asarray(token_scores, dtype=np.float32).reshape(len(self), -1)
+        return out[self.first_token[:, 0], self.first_token[:, 1]]
 
 
 def pack(prefix_ids: Sequence[int], candidate_ids: Sequence[Sequence[int]], *, max_len: int,
@@ -120,24 +129,40 @@ def attention_allowed(cand_index: np.ndarray) -> np.ndarray:
 
 class PrefixTokenizer:
     """Texts -> ``PrefixBatch`` with a model's own ``tokenizer.json``: the user text with the
-    tokenizer's special tokens (``[CLS] ... [SEP]``), each candidate's text without."""
+    tokenizer's special tokens (``[CLS] ... [SEP]``), each candidate's text without. Item
+    texts repeat across requests, so their token ids are cached (bounded, LRU)."""
 
-    def __init__(self, tokenizer, *, max_len: int, buckets: Sequence[int] = ()):
+    def __init__(self, tokenizer, spec, *, cache_size: int = 200_000):
         self._tok = tokenizer
-        self.max_len = max_len
-        self.buckets = tuple(buckets)
+        self.spec = spec
+        self.max_len = spec.max_seq_len
+        self.buckets = tuple(spec.seq_buckets)
         self.pad_id = tokenizer.token_to_id("[PAD]") or 0
+        self._cache: OrderedDict[str, list[int]] = OrderedDict()
+        self._cache_size = cache_size
 
     @classmethod
-    def from_file(cls, path, *, max_len: int, buckets: Sequence[int] = ()) -> "PrefixTokenizer":
+    def from_file(cls, path, spec) -> "PrefixTokenizer":
         from tokenizers import Tokenizer
 
         tok = Tokenizer.from_file(str(path))
         tok.no_truncation()
         tok.no_padding()
-        return cls(tok, max_len=max_len, buckets=buckets)
+        return cls(tok, spec)
+
+    def _item_ids(self, texts: Sequence[str]) -> list[list[int]]:
+        cache = self._cache
+        out: list[list[int] | None] = [cache.get(t) for t in texts]
+        missing = [t for t, ids in zip(texts, out) if ids is None]
+        if missing:
+            new = dict(zip(missing, (e.ids for e in self._tok.encode_batch(missing, add_special_tokens=False))))
+            cache.update(new)
+            while len(cache) > self._cache_size:
+                cache.popitem(last=False)
+            out = [ids if ids is not None else new[t] for t, ids in zip(texts, out)]
+        return out  # type: ignore[return-value]
 
     def encode(self, user_text: str, item_texts: Sequence[str]) -> PrefixBatch:
         prefix = self._tok.encode(user_text).ids
-        cands = [e.ids for e in self._tok.encode_batch(list(item_texts), add_special_tokens=False)]
-        return pack(prefix, cands, max_len=self.max_len, buckets=self.buckets, pad_id=self.pad_id)
+        return pack(prefix, self._item_ids(list(item_texts)), max_len=self.max_len, buckets=self.buckets,
+                    pad_id=self.pad_id)

@@ -38,6 +38,10 @@ class EncodedBatch:
     def rows(self, start: int, stop: int) -> dict[str, np.ndarray]:
         return {k: v[start:stop] for k, v in self.arrays.items()}
 
+    def scores(self, output: np.ndarray) -> np.ndarray:
+        """Per-pair scores from the model's output for these rows ([n, 1] or [n])."""
+        return np.asarray(output, dtype=np.float32).reshape(-1)
+
 
 def truncate_pair(n1: int, n2: int, budget: int) -> tuple[int, int]:
     """Lengths kept by HF tokenizers' ``longest_first`` strategy for a pair."""

@@ -20,15 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
-from contract.model_spec import Manifest
+from contract.model_spec import Manifest, ModelSpec
 from contract.shared_prefix import PrefixTokenizer
 from contract.tokenize import PairTokenizer
 from export.engines import movielens_requests, renderer_for
 from perf.common import log
 from server.settings import PROJECT_ROOT
-
-SP_BUCKETS = (32, 64, 128, 256, 512)
-
 
 def cpu_model() -> str:
     try:
@@ -70,8 +67,7 @@ def main(argv=None) -> int:
         sessions = {"pairwise": onnx_session(pair_onnx, args.threads),
                     "shared_prefix": onnx_session(shared_onnx, args.threads)}
     pair_in = [tokenizer.encode(u, items) for u, items in requests]
-    shared_tok = PrefixTokenizer.from_file(args.version_dir / "tokenizer.json", max_len=2 * spec.max_seq_len,
-                                           buckets=SP_BUCKETS)
+    shared_tok = PrefixTokenizer.from_file(args.version_dir / "tokenizer.json", ModelSpec.shared_prefix())
     shared_in = [shared_tok.encode(u, items) for u, items in requests]
     feeds = {"pairwise": [b.arrays for b in pair_in], "shared_prefix": [b.arrays for b in shared_in]}
     pairs = sum(len(items) for _, items in requests)

@@ -60,3 +60,35 @@ def test_truncation_keeps_the_separator_and_caps_candidates():
     assert (b.cand_index[0] == 1).sum() == 4
     with pytest.raises(ValueError):
         pack([101, 102], [[1]], max_len=1)
+
+
+def test_prefix_tokenizer_reads_the_user_once_and_each_candidate_without_specials():
+    from contract.model_spec import ModelSpec
+    from contract.shared_prefix import PrefixTokenizer
+    from tests.fixtures import TOKENIZER_JSON
+
+    tok = PrefixTokenizer.from_file(TOKENIZER_JSON, ModelSpec.shared_prefix())
+    raw = tok._tok
+    b = tok.encode("the user likes films", ["a film", "the film", "a film"])
+    cls_, sep = raw.token_to_id("[CLS]"), raw.token_to_id("[SEP]")
+    prefix = raw.encode("the user likes films").ids
+    assert prefix[0] == cls_ and prefix[-1] == sep
+    assert b.input_ids[0, :len(prefix)].tolist() == prefix
+    first = raw.encode("a film", add_special_tokens=False).ids
+    r, c = b.first_token[0]
+    assert b.input_ids[r, c:c + len(first)].tolist() == first
+    assert b.seq_len in ModelSpec.shared_prefix().seq_buckets
+    assert tok.encode("the user likes films", ["a film"]).input_ids[0, :len(prefix) + len(first)].tolist() == prefix + first
+
+
+def test_spec_of_a_shared_prefix_version():
+    from contract.model_spec import ModelSpec
+
+    spec = ModelSpec.shared_prefix()
+    assert spec.input_names == ("input_ids", "cand_index", "positions") and spec.scoring == "shared_prefix"
+    cfg = spec.config_pbtxt()
+    assert 'name: "cand_index"' in cfg and "dims: [ -1 ]\n}\ndynamic_batching" in cfg
+    assert ModelSpec.from_dict(spec.to_dict()) == spec
+    assert ModelSpec().scoring == "pairwise" and "dims: [ 1 ]" in ModelSpec().config_pbtxt()
+    with pytest.raises(ValueError):
+        ModelSpec(scoring="listwise")
