@@ -31,7 +31,7 @@ def run(args, settings: Settings) -> int:
         cfg = TrainConfig.from_dict(json.loads(Path(args.config_json).read_text()))
     for key in ("seed", "budget_min", "max_steps", "epochs", "lr", "negatives", "layers",
                 "history_items", "lists_per_step", "valid_users", "distill", "engine",
-                "id_dropout", "history_id_dropout", "cold_holdout", "cold_seed"):
+                "id_dropout", "history_id_dropout", "cold_holdout", "cold_seed", "scoring"):
         value = getattr(args, key, None)
         if value is not None:
             setattr(cfg, key, value)
@@ -74,6 +74,9 @@ def add_arguments(p) -> None:
     p.add_argument("--cold-holdout", type=float, help="hold this share of items out of training "
                    "entirely (the cold-start protocol of `rerankd eval --cold-start`; default 0)")
     p.add_argument("--cold-seed", type=int, help="seed of the held-out items (default 0)")
+    p.add_argument("--scoring", choices=["pairwise", "shared_prefix"],
+                   help="how the model reads a list: a row per pair, or one row per list with the history "
+                   "once (default pairwise)")
     p.add_argument("--valid-users", type=int, help="validate on the first N users (0: all)")
     p.add_argument("--text-only", action="store_true", help="no item-ID tokens (titles only)")
     p.add_argument("--base", help="HF model folder to start from (default: packaged MiniLM-L6)")

@@ -133,6 +133,10 @@ class PrefixTokenizer:
     texts repeat across requests, so their token ids are cached (bounded, LRU)."""
 
     def __init__(self, tokenizer, spec, *, cache_size: int = 200_000):
+        # Layout and padding are ``pack``'s: the tokenizer's own settings (a tokenizer.json
+        # may pad every text to 128) must not apply. Pass a tokenizer this object may own.
+        tokenizer.no_truncation()
+        tokenizer.no_padding()
         self._tok = tokenizer
         self.spec = spec
         self.max_len = spec.max_seq_len
@@ -145,10 +149,7 @@ class PrefixTokenizer:
     def from_file(cls, path, spec) -> "PrefixTokenizer":
         from tokenizers import Tokenizer
 
-        tok = Tokenizer.from_file(str(path))
-        tok.no_truncation()
-        tok.no_padding()
-        return cls(tok, spec)
+        return cls(Tokenizer.from_file(str(path)), spec)
 
     def _item_ids(self, texts: Sequence[str]) -> list[list[int]]:
         cache = self._cache

@@ -43,7 +43,11 @@ class TrainConfig:
     # validation NDCG@10 within 0.005 of fp32 (perf.engine_quality); the export checks its
     # agreement with fp32 and falls back to onnxruntime if it disagrees or is not installed.
     engine: str = "openvino_int8"
-    max_seq_len: int = 64           # training truncation (serving truncates at the spec's max)
+    max_seq_len: int = 64           # training truncation of a pair (serving truncates at the spec's max)
+    # How the model reads a list (contract.model_spec): "pairwise", a row per (history,
+    # candidate) pair; "shared_prefix", one row per list, the history once.
+    scoring: str = "pairwise"
+    max_row_len: int = 256          # shared prefix: a row's length in training
     freeze_word_embeddings: bool = True  # the pretrained word pieces; new tokens always train
     init_tokens: str = "title_mean+cf"  # "random", "title_mean", "title_mean+cf", "random+cf"
     cf_scale: float = 1.0               # norm of the collaborative part (x mean word-piece norm)

@@ -21,7 +21,8 @@ import torch
 from training.checkpoint import save_checkpoint
 from training.config import TrainConfig
 from training.data import ExampleSampler
-from training.encoder import TrainEncoder, trim_padding
+from training.encoder import Encoded, TrainEncoder
+from training.forward import candidate_scores
 from training.model import Trainee
 from training.progress import Progress
 from training.threads import ThreadTuner
@@ -35,20 +36,6 @@ def planned_steps(cfg: TrainConfig, n_positions: int) -> int:
     if cfg.max_steps:
         max_steps = min(max_steps, cfg.max_steps) if cfg.epochs else cfg.max_steps
     return max_steps
-
-
-def forward_by_length(model, arrays: dict[str, np.ndarray], groups: int = 3):
-    """The model's scores [n] for padded ``arrays``, run as a few forward passes over rows
-    grouped by length, each trimmed to its longest row: with ID dropout a batch mixes short
-    token pairs with long text pairs, and one pass would pad every row to the longest."""
-    lengths = arrays["attention_mask"].sum(1)
-    order = np.argsort(lengths, kind="stable")
-    parts = [chunk for chunk in np.array_split(order, min(groups, len(order))) if len(chunk)]
-    out = [model(**{k: torch.from_numpy(v) for k, v in trim_padding({k: v[chunk] for k, v in arrays.items()}).items()}
-                 ).logits[:, 0] for chunk in parts]
-    scores = torch.cat(out)
-    inverse = torch.from_numpy(np.argsort(np.concatenate(parts), kind="stable"))
-    return scores[inverse]
 
 
 @dataclass
@@ -109,13 +96,13 @@ class StepLoop:
         for g in self.trainee.optimizer.param_groups:
             g["lr"] = g["base_lr"] * warm * decay
 
-    def loss(self, lists: Sequence[tuple[list[str], list[str]]], arrays: dict[str, np.ndarray]):
+    def loss(self, lists: Sequence[tuple[list[str], list[str]]], encoded: Encoded):
         """Listwise softmax cross-entropy of each list's positive (first), plus ``distill`` x
         KL(teacher || model) over each list's candidates, the teacher's scores z-normalized
         per list and sharpened by ``distill_temperature``."""
         cfg = self.cfg
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-            logits = forward_by_length(self.trainee.model, arrays)
+            logits = candidate_scores(self.trainee.model, encoded)
         scores = logits.float().view(len(lists), -1)
         loss = torch.nn.functional.cross_entropy(scores, self._targets[:len(lists)])
         if self.teacher is not None:
@@ -155,22 +142,22 @@ class StepLoop:
                 stopped_by = "budget"
                 break
             lists = self.next_lists()
-            arrays = self.enc.encode_lists(lists, self.dropout_rng)
+            encoded = self.enc.encode_lists(lists, self.dropout_rng)
             self.set_learning_rate(self._horizon(start_step, t_train, deadline))
             t_step = time.monotonic()
-            loss = self.loss(lists, arrays)
+            loss = self.loss(lists, encoded)
             self.update(loss)
             self.step += 1
-            pairs += len(arrays["input_ids"])
+            pairs += encoded.pairs
             if tuner is not None:
-                tuner.record((time.monotonic() - t_step) / len(arrays["input_ids"]))
+                tuner.record((time.monotonic() - t_step) / encoded.pairs)
             lv = float(loss.detach())
             if not math.isfinite(lv):
                 raise RuntimeError(f"loss is {lv} at step {self.step}: lower the learning rate")
             loss_ema = 0.98 * loss_ema + 0.02 * lv
             el = time.monotonic() - t_train
             progress.update(self.step, loss_ema, pairs / el if el > 0 else 0.0,
-                            f"seq {arrays['input_ids'].shape[1]} threads {torch.get_num_threads()}")
+                            f"seq {encoded.arrays['input_ids'].shape[1]} threads {torch.get_num_threads()}")
             if cfg.checkpoint_every_min and time.monotonic() - last_ckpt >= cfg.checkpoint_every_min * 60:
                 save_checkpoint(checkpoint, self.trainee, self.step, self.order_pos, cfg)
                 last_ckpt = time.monotonic()

@@ -9,9 +9,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from tokenizers import Tokenizer
+
 from contract.blend import Blend
-from contract.model_spec import MODEL_BLEND, ModelSpec
-from contract.tokenize import PairTokenizer
+from contract.model_spec import MODEL_BLEND, SHARED_PREFIX, ModelSpec
 from export.base_model import default_base_model, describe_base_model
 from export.build import run_export
 from export.engines import EngineCheckError
@@ -50,13 +51,14 @@ def export_trained(hf_dir: Path, repo: Path, cfg: TrainConfig, data: TrainingDat
                    *, log: Callable[[str], object] = print, spec: ModelSpec | None = None) -> int:
     """Export the fine-tuned folder as the next version, manifest included."""
     options = cfg.render_options()
-    if spec is None:
+    if spec is None and cfg.scoring == SHARED_PREFIX:
+        spec = ModelSpec.shared_prefix()
+    elif spec is None:
         # Item-ID pairs are short (history + 4 tokens): a 16-token bucket halves serving cost.
         spec = ModelSpec(seq_buckets=(16, 32, 64, 128, 256)) if options.item_tokens else ModelSpec()
     base = Path(cfg.base_model) if cfg.base_model else default_base_model()
     # Verify the graph on pairs rendered with this model's own options (its item tokens).
-    enc = TrainEncoder(PairTokenizer.from_file(hf_dir / "tokenizer.json", spec)._tok, options,
-                       data.items, spec.max_seq_len)
+    enc = TrainEncoder(Tokenizer.from_file(str(hf_dir / "tokenizer.json")), options, data.items, spec.max_seq_len)
     users = data.split.users[:2]
     extra = []
     for u in users:

@@ -37,7 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from contract.model_spec import ModelSpec
+from contract.model_spec import SHARED_PREFIX, ModelSpec
 from evaluation.protocol import validation_candidates
 from training.budget import check_time_to_train, reserve
 from training.checkpoint import load_checkpoint
@@ -80,8 +80,9 @@ def train(cfg: TrainConfig, data: TrainingData, *, repo: Path | None, work_dir: 
     work_dir.mkdir(parents=True, exist_ok=True)
     # 2. The model (item tokens, split embedding, optimizer) and the lists' encoder.
     trainee = prepare_model(cfg, data, log)
-    enc = TrainEncoder(trainee.tokenizer, cfg.render_options(), data.items, cfg.max_seq_len,
-                       id_dropout=cfg.id_dropout, history_id_dropout=cfg.history_id_dropout)
+    shared = cfg.scoring == SHARED_PREFIX
+    enc = TrainEncoder(trainee.tokenizer, cfg.render_options(), data.items, cfg.max_row_len if shared else cfg.max_seq_len,
+                       id_dropout=cfg.id_dropout, history_id_dropout=cfg.history_id_dropout, scoring=cfg.scoring)
     # 3. The step loop over the shuffled training positions, from a checkpoint if asked.
     teacher = data.teacher() if cfg.distill > 0 else None
     loop = StepLoop(cfg, trainee, enc, ExampleSampler(data, cfg, cfg.seed), teacher, example_order(data.split, cfg))

@@ -21,18 +21,20 @@ from evaluation.scoring import score_lists
 from evaluation.text_offset import choose_text_offset
 from training.config import TrainConfig
 from training.data import TrainingData
-from training.encoder import TrainEncoder, trim_padding
+from training.encoder import Encoded, TrainEncoder, trim_padding
+from training.forward import candidate_scores
 
 
 def torch_scorer(model, bf16: bool, batch_pairs: int = 256):
-    """A function (arrays) -> float32 scores, in eval mode, no grad, bf16 autocast if asked."""
-    def score(arrays: dict[str, np.ndarray]) -> np.ndarray:
+    """A function (Encoded) -> float32 scores, in eval mode, no grad, bf16 autocast if asked."""
+    def score(enc: Encoded) -> np.ndarray:
         model.eval()
-        n = next(iter(arrays.values())).shape[0]
-        out = []
         with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            for s in range(0, n, batch_pairs):
-                chunk = trim_padding({k: v[s:s + batch_pairs] for k, v in arrays.items()})
+            if enc.first_token is not None:  # shared prefix: a row holds a list
+                return candidate_scores(model, enc, rows_per_pass=16).float().numpy()
+            out = []
+            for s in range(0, enc.pairs, batch_pairs):
+                chunk = trim_padding({k: v[s:s + batch_pairs] for k, v in enc.arrays.items()})
                 logits = model(**{k: torch.from_numpy(v) for k, v in chunk.items()}).logits
                 out.append(logits[:, 0].float().numpy())
         return np.concatenate(out) if out else np.zeros(0, np.float32)
@@ -49,7 +51,7 @@ def inference_speed(enc: TrainEncoder, scorer: Callable, valid_lists: Sequence[t
     scorer(probe)  # warm-up
     t0 = time.monotonic()
     scorer(probe)
-    return len(probe["input_ids"]) / max(1e-3, time.monotonic() - t0)
+    return probe.pairs / max(1e-3, time.monotonic() - t0)
 
 
 def curve_point(lists: Sequence[tuple], targets: Mapping[str, str], enc: TrainEncoder, scorer: Callable) -> float:

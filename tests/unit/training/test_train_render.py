@@ -83,7 +83,8 @@ class _Capture:
 
     async def score(self, batch, spec, version, timeout_s=None, **_):
         self.batches.append(batch)
-        return np.zeros(len(batch), np.float32)
+        n = len(batch.first_token) if hasattr(batch, "first_token") else len(batch)
+        return np.zeros(n, np.float32)
 
 
 def test_training_eval_and_serving_encode_identical_token_ids(tokenizer_with_items, tmp_path):
@@ -133,8 +134,55 @@ def test_training_eval_and_serving_encode_identical_token_ids(tokenizer_with_ite
         mask = arrays["attention_mask"]
         return [list(arrays["input_ids"][i, :mask[i].sum()]) for i in range(len(mask))]
 
-    assert real(served.arrays) == real(trained) == real(evaluated.arrays)
+    assert real(served.arrays) == real(trained.arrays) == real(evaluated.arrays)
     assert np.array_equal(served.arrays["input_ids"], evaluated.arrays["input_ids"])
     ids = real(served.arrays)[0]
     assert ids[1] == Tokenizer.from_file(str(tokenizer_with_items)).token_to_id("[i100]")  # newest first
     assert len(ids) < 32  # item tokens keep pairs short
+
+
+def test_shared_prefix_rows_are_the_same_in_training_evaluation_and_serving(tokenizer_with_items, tmp_path):
+    """The same pin for shared-prefix versions: one row, the history once, then every
+    candidate, with the same ids, candidate indices and positions on every path."""
+    from contract.shared_prefix import PrefixTokenizer
+    from server.core.pipeline import Pipeline, PipelineConfig
+    from server.features.sqlite import SqliteStore
+    from server.types import Candidate, RerankRequest
+    from training.encoder import TrainEncoder
+
+    opts = RenderOptions(item_tokens=True, history_titles=False, item_text=False,
+                         item_attributes=("year", "genres"), history_items=3)
+    spec = ModelSpec.shared_prefix()
+    served_tok = PrefixTokenizer.from_file(tokenizer_with_items, spec)
+    manifest = Manifest(spec=spec, base_model="b", render=opts.to_dict())
+    history = ["100", "new", "1", "50"]
+    cands = ["50", "new", "1"]  # "new" has no token: read from its text
+
+    async def serve():
+        store = SqliteStore(tmp_path / "s.db")
+        await store.upsert_items(list(ITEMS.values()))
+        await store.record_events([Event("u", i, "rating", 1000.0 - n, 4.0, f"k{n}") for n, i in enumerate(history)])
+        models = SimpleNamespace(require=lambda: SimpleNamespace(
+            name="reranker", version="1", tokenizer=served_tok, spec=spec, manifest=manifest))
+        cap = _Capture()
+        await Pipeline(PipelineConfig(), store, cap, models).rerank(
+            RerankRequest("u", tuple(Candidate(c) for c in cands)))
+        await store.close()
+        return cap.batches[0]
+
+    served = asyncio.run(serve())
+    from tokenizers import Tokenizer
+
+    trained = TrainEncoder(Tokenizer.from_file(str(tokenizer_with_items)), opts, ITEMS, max_seq_len=256,
+                           scoring="shared_prefix").encode_lists([(history[:3], cands)])
+    r = Renderer.for_model(manifest, served_tok)
+    evaluated = served_tok.encode(r.user([ITEMS[i] for i in history], "", max_items=10),
+                                  [r.item(ITEMS[c]) for c in cands])
+    width = trained.arrays["input_ids"].shape[1]  # training trims padding; serving pads to a bucket
+    for key in ("input_ids", "cand_index", "positions"):
+        assert served.arrays[key][:, :width].tolist() == trained.arrays[key].tolist() == \
+            evaluated.arrays[key][:, :width].tolist()
+    assert (served.cand_index[:, width:] == -1).all()
+    assert served.first_token.tolist() == trained.first_token.tolist() == evaluated.first_token.tolist()
+    ids = served.input_ids[0].tolist()
+    assert ids.count(Tokenizer.from_file(str(tokenizer_with_items)).token_to_id("[i1]")) == 2  # history + candidate

@@ -135,3 +135,33 @@ def test_distillation_changes_the_loss_and_can_be_turned_off(data, tiny, tmp_pat
                 export=False, log=lambda *_: None)
     # Same seed, same lists: the KL term is non-negative and not identically zero here.
     assert on.final_loss > off.final_loss
+
+
+def test_shared_prefix_training_steps_and_scores_each_candidate_in_isolation(data, tiny, tmp_path):
+    """A shared-prefix run trains (the loss moves), reads one row per list, and its
+    validation scores a candidate the same whatever else is in its list."""
+    import numpy as np
+
+    from training.encoder import TrainEncoder
+    from training.train import train
+    from training.validate import torch_scorer
+
+    c = cfg(tiny, max_steps=3, scoring="shared_prefix", id_dropout=0.5)
+    res = train(c, data, repo=None, work_dir=tmp_path / "work", export=False, log=lambda *_: None)
+    assert res.steps == 3 and res.pairs == 3 * c.lists_per_step * (1 + c.negatives)
+    assert "ndcg@10" in res.valid["model"]
+
+    from tokenizers import Tokenizer
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(str(res.hf_dir), attn_implementation="eager")
+    tok = Tokenizer.from_file(str(res.hf_dir / "tokenizer.json"))
+    enc = TrainEncoder(tok, c.render_options(), data.items, 256, scoring="shared_prefix")
+    h = data.split.history(USERS[0], "valid")[:5]
+    cands = [i for i, _ in data.knn.retrieve(h, 8)]
+    enc_all = enc.encode_lists([(h, cands)])
+    assert enc_all.rows == 1 and enc_all.pairs == len(cands)
+    score = torch_scorer(model, bf16=False)
+    together = score(enc_all)
+    alone = np.concatenate([score(enc.encode_lists([(h, [x])])) for x in cands])
+    np.testing.assert_allclose(together, alone, atol=1e-5)
