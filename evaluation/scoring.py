@@ -12,8 +12,9 @@ import numpy as np
 
 from contract.calibration import apply_text_offset
 from contract.items import ScoredFrom
-from contract.model_spec import Manifest
+from contract.model_spec import SHARED_PREFIX, Manifest
 from contract.render import Renderer
+from contract.shared_prefix import PrefixTokenizer
 from contract.tokenize import PairTokenizer
 from evaluation.protocol import EvalList
 from export.engines import load_backend
@@ -46,7 +47,9 @@ class VersionScorer:
     def __init__(self, version_dir: Path, threads: int = 2):
         self.dir = Path(version_dir)
         self.manifest = Manifest.read(self.dir / "manifest.json")
-        self.tokenizer = PairTokenizer.from_file(self.dir / "tokenizer.json", self.manifest.spec)
+        spec = self.manifest.spec
+        tokenizer_kind = PrefixTokenizer if spec.scoring == SHARED_PREFIX else PairTokenizer
+        self.tokenizer = tokenizer_kind.from_file(self.dir / "tokenizer.json", spec)
         self.renderer = Renderer.for_model(self.manifest, self.tokenizer)
         backend = load_backend(self.dir / "model.py" if (self.dir / "model.py").is_file()
                                else _BACKEND_SRC)
@@ -70,9 +73,10 @@ class VersionScorer:
         offset is added to the items it has no token for."""
         spec = self.manifest.spec
         batch = self.encode(user_text, item_texts)
-        out = [self._scorer.score(batch.rows(s, s + spec.max_batch_size)).reshape(-1)
+        # Rows in chunks of the spec's batch, as the gateway sends them to Triton.
+        out = [self._scorer.score(batch.rows(s, s + spec.max_batch_size))
                for s in range(0, len(batch), spec.max_batch_size)]
-        scores = np.concatenate(out).astype(np.float32)
+        scores = batch.scores(np.concatenate(out))
         if item_ids and self.manifest.text_offset:
             from_text = [self.renderer.scored_from(i) is ScoredFrom.TEXT for i in item_ids]
             scores = np.asarray(apply_text_offset(scores.tolist(), from_text, self.manifest.text_offset), np.float32)

@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from contract.model_spec import SHARED_PREFIX
+
 ENGINES = ("onnxruntime", "onnxruntime_int8", "openvino", "openvino_int8")
 # Engine-specific config.pbtxt parameters written with a variant (others keep model.py defaults).
 ENGINE_PARAMETERS: dict[str, dict[str, str]] = {
@@ -99,6 +101,12 @@ def fallback_requests() -> list[tuple[str, list[str]]]:
 
 def encode_requests(tokenizer, requests: Sequence[tuple[str, Sequence[str]]]) -> list[dict[str, np.ndarray]]:
     return [tokenizer.encode(user, list(items)).arrays for user, items in requests]
+
+
+def encode_batches(tokenizer, requests: Sequence[tuple[str, Sequence[str]]]) -> list:
+    """The encoded requests themselves (``EncodedBatch`` or ``PrefixBatch``): their arrays
+    plus ``.scores`` to read one score per candidate from the engine's output."""
+    return [tokenizer.encode(user, list(items)) for user, items in requests]
 
 
 def calibration_feeds(batches: Sequence[dict[str, np.ndarray]], rows: int = 16) -> list[dict[str, np.ndarray]]:
@@ -228,19 +236,30 @@ def agreement(ref: Sequence[np.ndarray], got: Sequence[np.ndarray]) -> Agreement
 
 
 def check_engine(backend_src: Path, version_dir: Path, engine: str,
-                 batches: Sequence[dict[str, np.ndarray]], *, threads: int = 2,
+                 batches: Sequence, *, threads: int = 2,
                  params: dict[str, str] | None = None,
-                 log: Callable[[str], None] = print) -> Agreement:
+                 log: Callable[[str], None] = print, scoring: str | None = None) -> Agreement:
     """Score ``batches`` with fp32 ONNX Runtime and with ``engine`` (through the backend's own
-    ``load_scorer``) and compare; raise EngineCheckError beyond tolerance."""
+    ``load_scorer``) and compare; raise EngineCheckError beyond tolerance.
+
+    ``batches``: arrays keyed by input name (a score per row), or encoded batches
+    (``EncodedBatch`` / ``PrefixBatch``: compared per candidate, via their ``.scores``).
+    ``scoring``: the version's layout when ``version_dir`` has no manifest yet (staged)."""
     backend = load_backend(backend_src)
     base = {"intra_op_threads": str(threads)}
+    layout = {"scoring": scoring} if scoring else {}
     ref_scorer = backend.load_scorer(str(version_dir), {**base, "engine": "onnxruntime", "trim_padding": "false",
-                                                        "sub_batch": "0"})
+                                                        "sub_batch": "0"}, **layout)
     scorer = backend.load_scorer(str(version_dir), {**base, **ENGINE_PARAMETERS[engine],
-                                                    **(params or {}), "engine": engine})
-    ref = [ref_scorer.score(b) for b in batches]
-    got = [scorer.score(b) for b in batches]
+                                                    **(params or {}), "engine": engine}, **layout)
+
+    def run(s, b) -> np.ndarray:
+        if hasattr(b, "scores"):  # an encoded batch: one score per candidate
+            return b.scores(s.score(b.arrays))
+        return s.score(b)
+
+    ref = [run(ref_scorer, b) for b in batches]
+    got = [run(scorer, b) for b in batches]
     result = agreement(ref, got)
     log(f"export: engine {engine} vs fp32 on {result.requests} requests: spearman "
         f"{result.spearman_mean:.4f} (min {result.spearman_min:.4f}), top-10 overlap "
@@ -276,11 +295,30 @@ def prepare_engine(engine: str, onnx_path: Path, tokenizer, work_dir: Path, back
     if check_requests is None:
         check_requests = calib_requests = fallback_requests()
         source = "export.verify.sample_pairs"
+    # Calibration feeds are the engine's own inputs: pairs, or shared-prefix rows (PrefixBatch
+    # arrays: input_ids / cand_index / positions) for a shared-prefix version.
     calibration = calibration_feeds(encode_requests(tokenizer, calib_requests))
-    files = build_engine_files(engine, onnx_path, Path(work_dir) / "engine", calibration)
-    staged = stage_version_dir(onnx_path, files, Path(work_dir) / "staged")
     served = {k: v for k, v in (params or {}).items() if k not in ("engine", "intra_op_threads")}
-    result = check_engine(backend_src, staged, engine, encode_requests(tokenizer, check_requests),
-                          threads=threads, params=served, log=log)
+    scoring = getattr(getattr(tokenizer, "spec", None), "scoring", None)
+    if scoring != SHARED_PREFIX:
+        files = build_engine_files(engine, onnx_path, Path(work_dir) / "engine", calibration)
+        staged = stage_version_dir(onnx_path, files, Path(work_dir) / "staged")
+        result = check_engine(backend_src, staged, engine, encode_requests(tokenizer, check_requests),
+                              threads=threads, params=served, log=log)
+    else:
+        # The shared-prefix graph (a mask built from cand_index in the graph, a score per
+        # token) is newer to the engines than the pair graph: an engine that cannot build or
+        # run it fails the check, like a variant that disagrees, so a caller that falls back
+        # to fp32 on EngineCheckError (training) still publishes a version.
+        try:
+            files = build_engine_files(engine, onnx_path, Path(work_dir) / "engine", calibration)
+            staged = stage_version_dir(onnx_path, files, Path(work_dir) / "staged")
+            result = check_engine(backend_src, staged, engine, encode_batches(tokenizer, check_requests),
+                                  threads=threads, params=served, log=log, scoring=SHARED_PREFIX)
+        except (EngineCheckError, ImportError):
+            raise
+        except Exception as exc:
+            raise EngineCheckError(f"engine {engine} cannot build or run the shared-prefix graph: "
+                                   f"{type(exc).__name__}: {exc}") from exc
     return files, {"engine": engine, "data": source, "tolerance": dict(AGREEMENT_TOLERANCE),
-                   **result.as_dict()}
+                   **({"scoring": SHARED_PREFIX} if scoring == SHARED_PREFIX else {}), **result.as_dict()}

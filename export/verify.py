@@ -96,3 +96,68 @@ def verify_pairs(model: nn.Module, onnx_path: Path, tokenizer: PairTokenizer,
             f"{onnx_path}: ONNX Runtime and torch scores differ by {diff:.3g} "
             f"(tolerance {tolerance:g}) on {len(pairs)} sample pairs; not writing a version")
     return diff
+
+
+# -- shared-prefix versions (``contract.shared_prefix``) ------------------------------------
+def prefix_torch_scores(model: nn.Module, arrays: dict[str, np.ndarray]) -> np.ndarray:
+    """Per-token torch scores ``[rows, seq]`` float32 of the shared-prefix graph
+    (``export.shared_prefix.SharedPrefixScorer``) for int64 arrays keyed by input name."""
+    from contract.shared_prefix import INPUT_NAMES
+    from export.shared_prefix import SharedPrefixScorer
+
+    wrapper = SharedPrefixScorer(model).eval()
+    with torch.no_grad():
+        out = wrapper(*(torch.from_numpy(np.ascontiguousarray(arrays[n], dtype=np.int64)) for n in INPUT_NAMES))
+    return out.numpy()
+
+
+def join_prefix_rows(parts: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """The rows of several shared-prefix requests in one batch, padded to the widest with
+    padding that attends only to padding, as the Triton backend joins a dynamic batch."""
+    from contract.shared_prefix import INPUT_NAMES, PADDING
+
+    pad = {"input_ids": 0, "cand_index": PADDING, "positions": 0}
+    width = max(p["input_ids"].shape[1] for p in parts)
+    return {k: np.concatenate([np.pad(p[k], ((0, 0), (0, width - p[k].shape[1])), constant_values=pad[k])
+                               for p in parts]) for k in INPUT_NAMES}
+
+
+def verify_requests(model: nn.Module, onnx_path: Path, tokenizer, pairs: Sequence[tuple[str, str]], *,
+                    tolerance: float) -> float:
+    """``verify_pairs`` for a shared-prefix graph: ``pairs`` grouped into one request per
+    user text (``PrefixTokenizer``), each candidate's score read at its first token. Max abs
+    torch/ONNX Runtime diff over three layouts of the same candidates, each against torch
+    on the request alone: the request as laid out, all requests joined into one padded batch
+    (as the backend joins callers), and every candidate alone in its own row (the isolation
+    property). Raises ExportVerificationError above ``tolerance``."""
+    session = onnx_session(onnx_path)
+    output_name = session.get_outputs()[0].name
+    batches = encode_pairs(tokenizer, pairs)
+    expected = [b.scores(prefix_torch_scores(model, b.arrays)) for b in batches]
+    diffs = []
+    for b, ref in zip(batches, expected):
+        got = run_onnx(session, b.arrays, output_name)
+        if got.shape != b.input_ids.shape:
+            raise ExportVerificationError(f"ONNX output shape {got.shape} != per-token {b.input_ids.shape}")
+        diffs.append(np.abs(b.scores(got).astype(np.float64) - ref).max())
+    joined = run_onnx(session, join_prefix_rows([b.arrays for b in batches]), output_name)
+    start = 0
+    for b, ref in zip(batches, expected):
+        got = b.scores(joined[start:start + len(b), :b.seq_len])
+        diffs.append(np.abs(got.astype(np.float64) - ref).max())
+        start += len(b)
+    by_user: dict[str, list[str]] = {}
+    for user_text, item_text in pairs:
+        by_user.setdefault(user_text, []).append(item_text)
+    for (user_text, items), ref in zip(by_user.items(), expected):
+        for k, item in enumerate(items):
+            alone = tokenizer.encode(user_text, [item])
+            got = alone.scores(run_onnx(session, alone.arrays, output_name))
+            diffs.append(abs(float(got[0]) - float(ref[k])))
+    diff = float(max(diffs))
+    if not np.isfinite(diff) or diff > tolerance:
+        raise ExportVerificationError(
+            f"{onnx_path}: ONNX Runtime and torch shared-prefix scores differ by {diff:.3g} "
+            f"(tolerance {tolerance:g}) on {len(pairs)} sample pairs ({len(batches)} requests, "
+            "as laid out, joined and one candidate alone); not writing a version")
+    return diff

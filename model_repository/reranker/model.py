@@ -20,8 +20,17 @@ that built the engine's files), unless ``config.pbtxt`` names one. Parameters (a
     allow_spinning    ONNX Runtime worker spin-wait: 1 (ORT default) | 0
     cpu_pinning       OpenVINO thread pinning: false (default here) | true (OpenVINO's default)
 
+A version whose manifest spec says ``scoring: shared_prefix`` (``contract/shared_prefix.py``)
+is read differently: its rows are ``[CLS] user [SEP] cand_1 ... cand_m`` with inputs
+``input_ids``/``cand_index``/``positions``, and the engine returns a score per token. Rows of
+the batch's requests are joined, padded to the widest with padding that only attends
+padding (``input_ids`` 0, ``cand_index`` -1, ``positions`` 0: the scores of real tokens do
+not change), sorted by real length and run in sub-batches of similar width trimmed to their
+longest row; each request gets back its own ``[rows, width]`` of per-token scores, which
+the gateway reads at each candidate's first token (``PrefixBatch.scores``).
+
 Importable outside Triton (perf, tests): ``load_scorer(version_dir, params)`` gives the
-exact engine and batching the server runs.
+exact engine and batching the server runs (for either layout).
 """
 
 from __future__ import annotations
@@ -52,6 +61,18 @@ DEFAULTS = {"engine": "onnxruntime", "precision": "bf16", "intra_op_threads": "0
             "sub_batch": "32", "trim_padding": "true", "allow_spinning": "1", "cpu_pinning": "false"}
 TRIM_MULTIPLE = 8  # trimmed lengths are rounded up to this (fewer distinct shapes)
 
+# The two layouts a version's manifest may name (``contract.model_spec.ModelSpec.scoring``);
+# this file stands alone inside Triton, so the names are repeated here.
+PAIRWISE, SHARED_PREFIX = "pairwise", "shared_prefix"
+PAIRWISE_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+SHARED_PREFIX_INPUTS = ("input_ids", "cand_index", "positions")
+# What a shared-prefix row is padded with: padding tokens (``cand_index`` -1) attend only to
+# padding, so no real token's score depends on them (``contract.shared_prefix``).
+PREFIX_PADDING = {"input_ids": 0, "cand_index": -1, "positions": 0}
+# Shared-prefix sub-batches: a row starts a new engine call once its (rounded) length is more
+# than this many times the call's shortest row, so a 32-token row is not run 512 wide.
+WIDTH_RATIO = 2
+
 
 class EngineError(RuntimeError):
     """The configured engine cannot be loaded (unknown name, missing file or package)."""
@@ -63,13 +84,24 @@ def _params(config: dict) -> dict[str, str]:
     return {k: given[k]["string_value"] for k in DEFAULTS if "string_value" in given.get(k, {})}
 
 
-def version_engine(version_dir: str) -> str:
-    """The engine the version was exported with (its manifest), else ONNX Runtime fp32."""
+def _manifest(version_dir: str) -> dict:
     try:
         with open(os.path.join(version_dir, "manifest.json")) as f:
-            return json.load(f).get("engine") or DEFAULTS["engine"]
+            data = json.load(f)
     except (OSError, ValueError):
-        return DEFAULTS["engine"]
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def version_engine(version_dir: str) -> str:
+    """The engine the version was exported with (its manifest), else ONNX Runtime fp32."""
+    return _manifest(version_dir).get("engine") or DEFAULTS["engine"]
+
+
+def version_scoring(version_dir: str) -> str | None:
+    """``pairwise`` | ``shared_prefix`` from the version's manifest spec; None without one."""
+    spec = _manifest(version_dir).get("spec")
+    return (spec.get("scoring") or PAIRWISE) if isinstance(spec, dict) else None
 
 
 class OrtEngine:
@@ -167,7 +199,50 @@ def check_request(arrays: dict[str, np.ndarray | None], input_names) -> str | No
     return None
 
 
-class EngineScorer:
+class _BatchScorer:
+    """Per-request results of a Triton batch; subclasses define ``score`` (one request) and
+    ``score_many`` (several requests in as few engine calls as their policy allows)."""
+
+    input_names: list[str]
+
+    def score(self, arrays: dict[str, np.ndarray]) -> np.ndarray:
+        raise NotImplementedError
+
+    def score_many(self, parts: list[dict[str, np.ndarray]]) -> list[np.ndarray]:
+        raise NotImplementedError
+
+    def score_requests(self, parts: list[dict[str, np.ndarray | None]]) -> list[np.ndarray | RequestError]:
+        """Scores per request of a Triton batch, or the request's own error.
+
+        Requests with invalid inputs (``check_request``) get an error and stay out of the
+        engine call; the valid ones run together (``score_many``: one engine call). Should
+        that call fail (an input only the engine rejects, such as a token id outside the
+        vocabulary), each valid request runs alone, so only the bad one gets the error."""
+        out: list[np.ndarray | RequestError | None] = [None] * len(parts)
+        valid = []
+        for i, arrays in enumerate(parts):
+            problem = check_request(arrays, self.input_names)
+            if problem is None:
+                valid.append(i)
+            else:
+                out[i] = RequestError(problem)
+        if valid:
+            try:
+                for i, s in zip(valid, self.score_many([parts[i] for i in valid])):
+                    out[i] = s
+            except Exception as exc:
+                if len(valid) == 1:
+                    out[valid[0]] = RequestError(f"inference failed: {exc}", "INTERNAL")
+                else:
+                    for i in valid:
+                        try:
+                            out[i] = self.score(parts[i])
+                        except Exception as one:
+                            out[i] = RequestError(f"inference failed: {one}", "INTERNAL")
+        return out
+
+
+class EngineScorer(_BatchScorer):
     """An engine plus the batching policy: join, sort by length, trim, run, unsort."""
 
     def __init__(self, engine, input_names, *, sub_batch: int = 32, trim_padding: bool = True,
@@ -224,47 +299,93 @@ class EngineScorer:
                 out[i] = s
         return out
 
-    def score_requests(self, parts: list[dict[str, np.ndarray | None]]) -> list[np.ndarray | RequestError]:
-        """Scores per request of a Triton batch, or the request's own error.
 
-        Requests with invalid inputs (``check_request``) get an error and stay out of the
-        engine call; the valid ones run together (``score_many``: one engine call). Should
-        that call fail (an input only the engine rejects, such as a token id outside the
-        vocabulary), each valid request runs alone, so only the bad one gets the error."""
-        out: list[np.ndarray | RequestError | None] = [None] * len(parts)
-        valid = []
-        for i, arrays in enumerate(parts):
-            problem = check_request(arrays, self.input_names)
-            if problem is None:
-                valid.append(i)
-            else:
-                out[i] = RequestError(problem)
-        if valid:
-            try:
-                for i, s in zip(valid, self.score_many([parts[i] for i in valid])):
-                    out[i] = s
-            except Exception as exc:
-                if len(valid) == 1:
-                    out[valid[0]] = RequestError(f"inference failed: {exc}", "INTERNAL")
-                else:
-                    for i in valid:
-                        try:
-                            out[i] = self.score(parts[i])
-                        except Exception as one:
-                            out[i] = RequestError(f"inference failed: {one}", "INTERNAL")
-        return out
+class PrefixScorer(_BatchScorer):
+    """A shared-prefix engine (``contract.shared_prefix``) plus its batching policy: the rows
+    of all requests joined and padded to the widest, sorted by real length, run in
+    sub-batches of similar width trimmed to their longest row, and split back per request.
+    ``score`` gives per-token scores float32 ``[rows, width]`` of one request."""
+
+    def __init__(self, engine, input_names=SHARED_PREFIX_INPUTS, *, sub_batch: int = 32,
+                 trim_padding: bool = True, width_ratio: float = WIDTH_RATIO):
+        missing = [n for n in SHARED_PREFIX_INPUTS if n not in input_names]
+        if missing:
+            raise EngineError(f"a shared-prefix version needs inputs {list(SHARED_PREFIX_INPUTS)}; "
+                              f"missing {missing}")
+        self.engine = engine
+        self.input_names = list(input_names)
+        self.sub_batch = max(0, int(sub_batch))
+        self.trim = bool(trim_padding)
+        self.width_ratio = float(width_ratio)
+
+    def score(self, arrays: dict[str, np.ndarray]) -> np.ndarray:
+        """Per-token scores float32 ``[rows, width]`` for one request's arrays ``[rows, width]``."""
+        return self.score_many([arrays])[0]
+
+    @staticmethod
+    def join(parts: list[dict[str, np.ndarray]], names) -> dict[str, np.ndarray]:
+        """The requests' rows in one batch, each padded on the right to the widest request
+        with padding that attends only to padding (``PREFIX_PADDING``)."""
+        width = max(p[names[0]].shape[1] for p in parts)
+        return {k: np.concatenate([np.pad(p[k], ((0, 0), (0, width - p[k].shape[1])),
+                                          constant_values=PREFIX_PADDING.get(k, 0)) for p in parts])
+                for k in names}
+
+    def _groups(self, lengths: np.ndarray, width: int) -> list[tuple[np.ndarray, int]]:
+        """(rows, width to run them at) per engine call."""
+        n = len(lengths)
+        if not self.trim:
+            step = self.sub_batch or n
+            return [(np.arange(s, min(s + step, n)), width) for s in range(0, n, step)]
+        order = np.argsort(lengths, kind="stable")
+        rounded = np.minimum(width, np.maximum(-(-lengths[order] // TRIM_MULTIPLE) * TRIM_MULTIPLE,
+                                               TRIM_MULTIPLE))
+        groups, start = [], 0
+        for i in range(1, n + 1):
+            if (i == n or (self.sub_batch and i - start >= self.sub_batch)
+                    or rounded[i] > self.width_ratio * rounded[start]):
+                groups.append((order[start:i], int(rounded[i - 1])))
+                start = i
+        return groups
+
+    def score_many(self, parts: list[dict[str, np.ndarray]]) -> list[np.ndarray]:
+        """Per-token scores ``[rows_i, width_i]`` for several requests (widths may differ)."""
+        names = self.input_names
+        first = names[0]
+        joined = parts[0] if len(parts) == 1 else self.join(parts, names)
+        n, width = joined[first].shape
+        out = np.zeros((n, width), np.float32)
+        if n:
+            lengths = row_lengths(joined["cand_index"] != PREFIX_PADDING["cand_index"])
+            for rows, w in self._groups(lengths, width):
+                feed = {k: np.ascontiguousarray(joined[k][rows, :w]) for k in names}
+                out[rows, :w] = np.asarray(self.engine.run(feed), dtype=np.float32).reshape(len(rows), w)
+        bounds = np.cumsum([p[first].shape[0] for p in parts])[:-1]
+        return [o[:, :p[first].shape[1]] for o, p in zip(np.split(out, bounds), parts)]
 
 
-def load_scorer(version_dir: str, params: dict[str, str] | None = None,
-                input_names=("input_ids", "attention_mask", "token_type_ids"),
-                output_name: str = "score") -> EngineScorer:
+def load_scorer(version_dir: str, params: dict[str, str] | None = None, input_names=None,
+                output_name: str = "score", *, scoring: str | None = None) -> EngineScorer | PrefixScorer:
+    """The engine and batching of a version as Triton runs them. ``scoring`` (default: the
+    version's manifest spec; without a manifest, ``shared_prefix`` when the inputs name
+    ``cand_index``) picks ``EngineScorer`` (a score per row, ``[rows]``) or ``PrefixScorer``
+    (a score per token, ``[rows, width]``); ``input_names`` default to that layout's."""
+    scoring = scoring or version_scoring(version_dir)
+    if scoring is None:
+        scoring = SHARED_PREFIX if input_names is not None and "cand_index" in input_names else PAIRWISE
+    if scoring not in (PAIRWISE, SHARED_PREFIX):
+        raise EngineError(f"unknown scoring {scoring!r} in {version_dir}")
+    if input_names is None:
+        input_names = SHARED_PREFIX_INPUTS if scoring == SHARED_PREFIX else PAIRWISE_INPUTS
     p = {**DEFAULTS, "engine": version_engine(version_dir), **(params or {})}
     engine = load_engine(version_dir, output_name, p)
     missing = [n for n in input_names if n not in engine.input_names]
     if missing:
         raise EngineError(f"{ENGINE_FILES[p['engine']]} lacks inputs {missing}")
-    return EngineScorer(engine, input_names, sub_batch=int(p["sub_batch"]),
-                  trim_padding=p["trim_padding"].lower() in ("1", "true", "yes"))
+    trim = p["trim_padding"].lower() in ("1", "true", "yes")
+    if scoring == SHARED_PREFIX:
+        return PrefixScorer(engine, input_names, sub_batch=int(p["sub_batch"]), trim_padding=trim)
+    return EngineScorer(engine, input_names, sub_batch=int(p["sub_batch"]), trim_padding=trim)
 
 
 def _as_numpy(tensor) -> np.ndarray | None:
@@ -299,7 +420,10 @@ class TritonPythonModel:
             if isinstance(result, RequestError):
                 responses.append(pb_utils.InferenceResponse(output_tensors=[], error=_triton_error(result)))
             else:
-                tensor = pb_utils.Tensor(self.output_name, np.ascontiguousarray(result.reshape(-1, 1)))
+                # A score per row -> [rows, 1]; a shared-prefix version's per-token scores
+                # are already [rows, width] (the request's own width).
+                out = result.reshape(-1, 1) if result.ndim == 1 else result
+                tensor = pb_utils.Tensor(self.output_name, np.ascontiguousarray(out, dtype=np.float32))
                 responses.append(pb_utils.InferenceResponse(output_tensors=[tensor]))
         return responses
 

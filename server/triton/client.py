@@ -18,6 +18,7 @@ import tritonclient.grpc.aio as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from contract.model_spec import ModelSpec
+from contract.shared_prefix import PrefixBatch
 from contract.tokenize import EncodedBatch
 from server.errors import DeadlineExceeded, RerankdError, Unavailable
 
@@ -49,20 +50,23 @@ class TritonScorer:
         return [m.get("version", "") for m in index.get("models", [])
                 if m.get("name") == model_name and m.get("state") == "READY"]
 
-    async def score(self, batch: EncodedBatch, spec: ModelSpec, version: str,
+    async def score(self, batch: EncodedBatch | PrefixBatch, spec: ModelSpec, version: str,
                     timeout_s: float | None = None, headers: dict[str, str] | None = None) -> np.ndarray:
-        """Scores for every row of ``batch`` (float32 [n]).
+        """One score per candidate of ``batch`` (float32 [n candidates]), in its order.
 
         Chunks of at most ``max_batch_size`` rows go out concurrently; Triton's dynamic
-        batcher may merge them with other callers' chunks.
+        batcher may merge them with other callers' chunks. The model's outputs (a score per
+        row, or per token of a shared-prefix row) are joined in row order and read by the
+        batch itself (``batch.scores``): a pair row is one candidate, a shared-prefix
+        candidate's score sits at its first token.
         """
         step = spec.max_batch_size
         if len(batch) <= step:  # the usual case: one call, no task to schedule
-            return await self._infer(batch.arrays, spec, version, timeout_s, headers)
+            return batch.scores(await self._infer(batch.arrays, spec, version, timeout_s, headers))
         chunks = [self._infer(batch.rows(i, i + step), spec, version, timeout_s, headers)
                   for i in range(0, len(batch), step)]
         parts = await asyncio.gather(*chunks)
-        return np.concatenate(parts) if parts else np.zeros(0, np.float32)
+        return batch.scores(np.concatenate(parts) if parts else np.zeros(0, np.float32))
 
     async def _infer(self, arrays: dict[str, np.ndarray], spec: ModelSpec, version: str,
                      timeout_s: float | None, headers: dict[str, str] | None) -> np.ndarray:
@@ -89,7 +93,8 @@ class TritonScorer:
             raise
         except InferenceServerException as exc:
             raise _translate(exc) from None
-        return result.as_numpy(spec.output_name).reshape(-1).astype(np.float32)
+        # [rows, 1] (a score per row) or [rows, width] (per token): the batch reads it.
+        return result.as_numpy(spec.output_name).astype(np.float32)
 
     def _abandon(self, call: asyncio.Future) -> None:
         if not call.done():

@@ -12,7 +12,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from contract.model_spec import Manifest
+from contract.model_spec import SHARED_PREFIX, Manifest
+from contract.shared_prefix import PrefixTokenizer
 from contract.tokenize import PairTokenizer
 from server.errors import Unavailable
 
@@ -24,7 +25,9 @@ class ServedModel:
     name: str
     version: str
     manifest: Manifest
-    tokenizer: PairTokenizer
+    # The version's layout: a row per pair, or the user once with many candidates per row
+    # (``manifest.spec.scoring``); both ``encode(user_text, item_texts)``.
+    tokenizer: PairTokenizer | PrefixTokenizer
 
     @property
     def spec(self):
@@ -34,7 +37,8 @@ class ServedModel:
 def load_served_model(repo: Path, name: str, version: str) -> ServedModel:
     folder = Path(repo) / name / version
     manifest = Manifest.read(folder / "manifest.json")
-    tokenizer = PairTokenizer.from_file(folder / "tokenizer.json", manifest.spec)
+    tokenizer_cls = PrefixTokenizer if manifest.spec.scoring == SHARED_PREFIX else PairTokenizer
+    tokenizer = tokenizer_cls.from_file(folder / "tokenizer.json", manifest.spec)
     return ServedModel(name, version, manifest, tokenizer)
 
 
