@@ -38,7 +38,7 @@ triton: $(TRITON_STAMP)
 
 # First run: fine-tune the reranker on MovieLens-100K within TRAIN_BUDGET_MIN minutes (training,
 # validation and export included; progress shown), then reuse that trained version.
-TRAIN_BUDGET_MIN ?= 10
+TRAIN_BUDGET_MIN ?= 4
 model: $(STAMP)
 	@$(RERANKD) train --if-missing --budget-min $(TRAIN_BUDGET_MIN)
 

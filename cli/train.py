@@ -55,7 +55,7 @@ def run(args, settings: Settings) -> int:
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--budget-min", type=float, help="wall-clock budget for the whole run (default 10)")
+    p.add_argument("--budget-min", type=float, help="wall-clock budget for the whole run (default 4)")
     p.add_argument("--seed", type=int)
     p.add_argument("--max-steps", type=int)
     p.add_argument("--epochs", type=float)
@@ -76,7 +76,7 @@ def add_arguments(p) -> None:
     p.add_argument("--cold-seed", type=int, help="seed of the held-out items (default 0)")
     p.add_argument("--scoring", choices=["pairwise", "shared_prefix"],
                    help="how the model reads a list: a row per pair, or one row per list with the history "
-                   "once (default pairwise)")
+                   "once (default shared_prefix)")
     p.add_argument("--valid-users", type=int, help="validate on the first N users (0: all)")
     p.add_argument("--text-only", action="store_true", help="no item-ID tokens (titles only)")
     p.add_argument("--base", help="HF model folder to start from (default: packaged MiniLM-L6)")

@@ -14,7 +14,7 @@ class TrainConfig:
 
     base_model: str = ""            # HF folder; empty: packaged MiniLM-L6
     seed: int = 0
-    budget_min: float = 10.0        # whole run: training + validation + export
+    budget_min: float = 4.0         # whole run: training + validation + export
     max_steps: int = 0              # 0: until the budget or ``epochs`` runs out
     epochs: float = 1.0             # passes over the training positions (upper bound)
     lr: float = 4e-5
@@ -22,7 +22,7 @@ class TrainConfig:
     token_lr_mult: float = 25.0     # new item-ID token embeddings
     weight_decay: float = 0.01
     warmup_steps: int = 30
-    lists_per_step: int = 4         # lists (1 positive + negatives) per optimizer step
+    lists_per_step: int = 16        # lists (1 positive + negatives) per optimizer step
     negatives: int = 15
     hard_negatives: float = 1.0     # share of negatives drawn from the retriever's top-50
     # Of the negatives, this many are drawn uniformly from the whole (warm) catalogue: without
@@ -46,7 +46,7 @@ class TrainConfig:
     max_seq_len: int = 64           # training truncation of a pair (serving truncates at the spec's max)
     # How the model reads a list (contract.model_spec): "pairwise", a row per (history,
     # candidate) pair; "shared_prefix", one row per list, the history once.
-    scoring: str = "pairwise"
+    scoring: str = "shared_prefix"
     max_row_len: int = 256          # shared prefix: a row's length in training
     freeze_word_embeddings: bool = True  # the pretrained word pieces; new tokens always train
     init_tokens: str = "title_mean+cf"  # "random", "title_mean", "title_mean+cf", "random+cf"
