@@ -31,7 +31,7 @@ def run(args, settings: Settings) -> int:
         cfg = TrainConfig.from_dict(json.loads(Path(args.config_json).read_text()))
     for key in ("seed", "budget_min", "max_steps", "epochs", "lr", "negatives", "layers",
                 "history_items", "lists_per_step", "valid_users", "distill", "engine",
-                "id_dropout", "history_id_dropout", "cold_holdout", "cold_seed", "scoring"):
+                "id_dropout", "history_id_dropout", "cold_holdout", "cold_seed", "scoring", "pool"):
         value = getattr(args, key, None)
         if value is not None:
             setattr(cfg, key, value)
@@ -77,6 +77,8 @@ def add_arguments(p) -> None:
     p.add_argument("--scoring", choices=["pairwise", "shared_prefix"],
                    help="how the model reads a list: a row per pair, or one row per list with the history "
                    "once (default shared_prefix)")
+    p.add_argument("--pool", choices=["first", "mean"],
+                   help="shared prefix: a candidate's score at its first token or the mean over its tokens")
     p.add_argument("--valid-users", type=int, help="validate on the first N users (0: all)")
     p.add_argument("--text-only", action="store_true", help="no item-ID tokens (titles only)")
     p.add_argument("--base", help="HF model folder to start from (default: packaged MiniLM-L6)")

@@ -39,19 +39,24 @@ class ModelSpec:
     # score per row: imported Hugging Face cross-encoders) or ``shared_prefix`` (rows of
     # ``contract.shared_prefix``: the user once, many candidates, a score per token).
     scoring: str = PAIRWISE
+    # Shared prefix: a candidate's score is its first token's ("first") or the mean of its
+    # tokens' scores ("mean"); ``contract.shared_prefix.reading_tokens``.
+    pool: str = "first"
 
     def __post_init__(self) -> None:
         if self.scoring not in SCORINGS:
             raise ValueError(f"scoring must be one of {', '.join(SCORINGS)}, not {self.scoring!r}")
+        if self.pool not in ("first", "mean"):
+            raise ValueError(f"pool must be first or mean, not {self.pool!r}")
 
     @classmethod
-    def shared_prefix(cls, name: str = "reranker") -> "ModelSpec":
+    def shared_prefix(cls, name: str = "reranker", pool: str = "first") -> "ModelSpec":
         """The signature of a shared-prefix version: a row holds the user prefix and as many
         candidates as fit in its bucket; a request is one row up to about 500 warm candidates."""
         from contract.shared_prefix import INPUT_NAMES
 
         return cls(name=name, input_names=INPUT_NAMES, max_batch_size=16, seq_buckets=(32, 64, 128, 256, 512),
-                   preferred_batch_sizes=(), scoring=SHARED_PREFIX)
+                   preferred_batch_sizes=(), scoring=SHARED_PREFIX, pool=pool)
 
     @property
     def output_dims(self) -> str:

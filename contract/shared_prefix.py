@@ -26,6 +26,7 @@ import numpy as np
 
 PREFIX = 0
 PADDING = -1
+POOLS = ("first", "mean")
 INPUT_NAMES = ("input_ids", "cand_index", "positions")
 
 
@@ -38,6 +39,8 @@ class PrefixBatch:
     positions: np.ndarray  # int64 [rows, seq_len]
     # (row, column) of each candidate's first token, in the request's candidate order.
     first_token: np.ndarray  # int64 [n_candidates, 2]
+    # How a candidate's score is read from its tokens' scores (``POOLS``).
+    pool: str = "first"
 
     @property
     def seq_len(self) -> int:
@@ -55,13 +58,35 @@ class PrefixBatch:
 
     def scores(self, token_scores: np.ndarray) -> np.ndarray:
         """Per-candidate scores from the model's per-token output [rows, seq_len] (a row may
-        come back trimmed of trailing padding: only first-token columns are read)."""
+        come back trimmed of trailing padding: only candidates' columns are read)."""
         out = np.asarray(token_scores, dtype=np.float32).reshape(len(self), -1)
-        return out[self.first_token[:, 0], self.first_token[:, 1]]
+        rows, cols, cand = reading_tokens(self.cand_index, self.first_token, self.pool)
+        if self.pool == "first":
+            return out[rows, cols]
+        n = len(self.first_token)
+        sums = np.bincount(cand, weights=out[rows, cols].astype(np.float64), minlength=n)
+        return (sums / np.bincount(cand, minlength=n)).astype(np.float32)
+
+
+def reading_tokens(cand_index: np.ndarray, first_token: np.ndarray, pool: str
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The tokens a candidate's score is read from, as (row, column, candidate number) arrays:
+    its first token (``first``), or all its tokens, averaged (``mean``)."""
+    n = len(first_token)
+    if pool == "first":
+        return first_token[:, 0], first_token[:, 1], np.arange(n)
+    if pool != "mean":
+        raise ValueError(f"pool must be one of {', '.join(POOLS)}, not {pool!r}")
+    k = int(cand_index.max()) + 1 if cand_index.size else 1
+    table = np.full(cand_index.shape[0] * k, -1, dtype=np.int64)
+    table[first_token[:, 0] * k + cand_index[first_token[:, 0], first_token[:, 1]]] = np.arange(n)
+    rows, cols = np.nonzero(cand_index > PREFIX)
+    return rows, cols, table[rows * k + cand_index[rows, cols]]
 
 
 def pack(prefix_ids: Sequence[int], candidate_ids: Sequence[Sequence[int]], *, max_len: int,
-         buckets: Sequence[int] = (), pad_id: int = 0, max_candidate_len: int = 0) -> PrefixBatch:
+         buckets: Sequence[int] = (), pad_id: int = 0, max_candidate_len: int = 0,
+         pool: str = "first") -> PrefixBatch:
     """Lay out one request: candidates in order, as many per row as fit in ``max_len``.
 
     ``prefix_ids``: the user side with its special tokens (e.g. ``[CLS] ... [SEP]``), cut to
@@ -115,7 +140,7 @@ def pack(prefix_ids: Sequence[int], candidate_ids: Sequence[Sequence[int]], *, m
             pos[r, col:col + n] = np.arange(p, p + n)
             first[i] = (r, col)
             col += n
-    return PrefixBatch(ids, cand, pos, first)
+    return PrefixBatch(ids, cand, pos, first, pool)
 
 
 def attention_allowed(cand_index: np.ndarray) -> np.ndarray:
@@ -166,4 +191,4 @@ class PrefixTokenizer:
     def encode(self, user_text: str, item_texts: Sequence[str]) -> PrefixBatch:
         prefix = self._tok.encode(user_text).ids
         return pack(prefix, self._item_ids(list(item_texts)), max_len=self.max_len, buckets=self.buckets,
-                    pad_id=self.pad_id)
+                    pad_id=self.pad_id, pool=self.spec.pool)

@@ -54,7 +54,8 @@ def main(argv=None) -> int:
     from export.to_onnx import onnx_session
 
     manifest = Manifest.read(args.version_dir / "manifest.json")
-    spec = manifest.spec
+    # The pairwise side as a pairwise version with item tokens is served (training.publish).
+    spec = ModelSpec(seq_buckets=(16, 32, 64, 128, 256)) if manifest.render.get("item_tokens") else ModelSpec()
     tokenizer = PairTokenizer.from_file(args.version_dir / "tokenizer.json", spec)
     renderer = renderer_for(manifest.render, tokenizer._tok)
     requests = movielens_requests(args.requests, args.candidates, renderer=renderer)

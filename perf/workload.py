@@ -85,7 +85,11 @@ class GatewayTexts:
 
         self.db_path = db_path
         self.manifest = Manifest.read(Path(version_dir) / "manifest.json")
-        self.tokenizer = PairTokenizer.from_file(Path(version_dir) / "tokenizer.json", self.manifest.spec)
+        from contract.model_spec import SHARED_PREFIX
+        from contract.shared_prefix import PrefixTokenizer
+
+        kind = PrefixTokenizer if self.manifest.spec.scoring == SHARED_PREFIX else PairTokenizer
+        self.tokenizer = kind.from_file(Path(version_dir) / "tokenizer.json", self.manifest.spec)
         self.history_len = history_len
         self.history_in_text = history_in_text
         from contract import render

@@ -30,6 +30,7 @@ class Encoded:
     pairs: int  # candidates, all lists together, in order
     # Shared prefix: (row, column) of each candidate's first token; None: a row per pair.
     first_token: np.ndarray | None = None
+    pool: str = "first"  # shared prefix: how a candidate's score is read from its tokens
 
     @property
     def rows(self) -> int:
@@ -43,12 +44,13 @@ class TrainEncoder:
     (shared prefix; a list that does not fit is split into rows that each carry the history)."""
 
     def __init__(self, tokenizer, options: RenderOptions, items: dict[str, Item], max_seq_len: int,
-                 id_dropout: float = 0.0, history_id_dropout: float = 0.0, scoring: str = PAIRWISE):
+                 id_dropout: float = 0.0, history_id_dropout: float = 0.0, scoring: str = PAIRWISE,
+                 pool: str = "first"):
         tok = Tokenizer.from_str(tokenizer.to_str())
         buckets = tuple(b for b in _TRAIN_BUCKETS if b < max_seq_len) + (max_seq_len,)
         self.scoring = scoring
         if scoring == SHARED_PREFIX:
-            self.prefix_tokenizer = PrefixTokenizer(tok, replace(ModelSpec.shared_prefix(), seq_buckets=buckets))
+            self.prefix_tokenizer = PrefixTokenizer(tok, replace(ModelSpec.shared_prefix(pool=pool), seq_buckets=buckets))
         else:
             self.pair_tokenizer = PairTokenizer(tok, ModelSpec(seq_buckets=buckets))
         self.renderer = Renderer(options, vocabulary_lookup(tok))
@@ -90,7 +92,7 @@ class TrainEncoder:
                                                      "cand_index": PADDING})
         row0 = np.cumsum([0] + [len(b) for b in batches[:-1]])
         first = np.concatenate([b.first_token + np.array([r0, 0]) for b, r0 in zip(batches, row0)])
-        return Encoded(trim_padding(arrays), len(first), first)
+        return Encoded(trim_padding(arrays), len(first), first, self.prefix_tokenizer.spec.pool)
 
 
 def _stack(parts: Sequence[dict[str, np.ndarray]], pad: dict[str, int]) -> dict[str, np.ndarray]:

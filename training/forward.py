@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from contract.shared_prefix import INPUT_NAMES
+from contract.shared_prefix import INPUT_NAMES, reading_tokens
 from export.shared_prefix import SharedPrefixScorer
 from training.encoder import Encoded, trim_padding
 
@@ -38,5 +38,11 @@ def candidate_scores(model, enc: Encoded, rows_per_pass: int = 0) -> torch.Tenso
     out = [scorer(*(torch.from_numpy(enc.arrays[k][s:s + step]) for k in INPUT_NAMES))
            for s in range(0, enc.rows, step)]
     tokens = torch.cat(out) if len(out) > 1 else out[0]
-    first = torch.from_numpy(enc.first_token)
-    return tokens[first[:, 0], first[:, 1]]
+    rows, cols, cand = (torch.from_numpy(a) for a in reading_tokens(
+        enc.arrays["cand_index"], enc.first_token, enc.pool))
+    if enc.pool == "first":
+        return tokens[rows, cols]
+    picked = tokens[rows, cols]
+    sums = torch.zeros(enc.pairs, dtype=picked.dtype).index_add(0, cand, picked)
+    counts = torch.zeros(enc.pairs, dtype=picked.dtype).index_add(0, cand, torch.ones_like(picked))
+    return sums / counts

@@ -52,7 +52,7 @@ def export_trained(hf_dir: Path, repo: Path, cfg: TrainConfig, data: TrainingDat
     """Export the fine-tuned folder as the next version, manifest included."""
     options = cfg.render_options()
     if spec is None and cfg.scoring == SHARED_PREFIX:
-        spec = ModelSpec.shared_prefix()
+        spec = ModelSpec.shared_prefix(pool=cfg.pool)
     elif spec is None:
         # Item-ID pairs are short (history + 4 tokens): a 16-token bucket halves serving cost.
         spec = ModelSpec(seq_buckets=(16, 32, 64, 128, 256)) if options.item_tokens else ModelSpec()

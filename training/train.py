@@ -82,7 +82,8 @@ def train(cfg: TrainConfig, data: TrainingData, *, repo: Path | None, work_dir: 
     trainee = prepare_model(cfg, data, log)
     shared = cfg.scoring == SHARED_PREFIX
     enc = TrainEncoder(trainee.tokenizer, cfg.render_options(), data.items, cfg.max_row_len if shared else cfg.max_seq_len,
-                       id_dropout=cfg.id_dropout, history_id_dropout=cfg.history_id_dropout, scoring=cfg.scoring)
+                       id_dropout=cfg.id_dropout, history_id_dropout=cfg.history_id_dropout, scoring=cfg.scoring,
+                       pool=cfg.pool)
     # 3. The step loop over the shuffled training positions, from a checkpoint if asked.
     teacher = data.teacher() if cfg.distill > 0 else None
     loop = StepLoop(cfg, trainee, enc, ExampleSampler(data, cfg, cfg.seed), teacher, example_order(data.split, cfg))

@@ -92,3 +92,13 @@ def test_spec_of_a_shared_prefix_version():
     assert ModelSpec().scoring == "pairwise" and "dims: [ 1 ]" in ModelSpec().config_pbtxt()
     with pytest.raises(ValueError):
         ModelSpec(scoring="listwise")
+
+
+def test_mean_pool_averages_each_candidates_tokens_across_rows():
+    b = pack([1, 2], [[5], [6, 7], [8, 9, 10]], max_len=6, pool="mean")  # rows: [5, 6 7], [8 9 10]
+    assert b.input_ids.shape[0] == 2
+    token_scores = np.arange(12, dtype=np.float32).reshape(2, 6)
+    # cand 1 at (0, 2) -> 2; cand 2 at (0, 3), (0, 4) -> 3.5; cand 3 at (1, 2..4) -> 9
+    assert b.scores(token_scores).tolist() == [2.0, 3.5, 9.0]
+    first = pack([1, 2], [[5], [6, 7], [8, 9, 10]], max_len=6)
+    assert first.scores(token_scores).tolist() == [2.0, 3.0, 8.0]
