@@ -27,6 +27,7 @@ from export.engines import movielens_requests, renderer_for
 from perf.common import log
 from server.settings import PROJECT_ROOT
 
+
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
