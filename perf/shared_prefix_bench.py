@@ -69,7 +69,8 @@ def main(argv=None) -> int:
         sessions = {"pairwise": onnx_session(pair_onnx, args.threads),
                     "shared_prefix": onnx_session(shared_onnx, args.threads)}
     pair_in = [tokenizer.encode(u, items) for u, items in requests]
-    shared_tok = PrefixTokenizer.from_file(args.version_dir / "tokenizer.json", ModelSpec.shared_prefix())
+    shared_spec = manifest.spec if manifest.spec.scoring == "shared_prefix" else ModelSpec.shared_prefix()
+    shared_tok = PrefixTokenizer.from_file(args.version_dir / "tokenizer.json", shared_spec)
     shared_in = [shared_tok.encode(u, items) for u, items in requests]
     feeds = {"pairwise": [b.arrays for b in pair_in], "shared_prefix": [b.arrays for b in shared_in]}
     pairs = sum(len(items) for _, items in requests)

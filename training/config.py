@@ -48,7 +48,7 @@ class TrainConfig:
     # candidate) pair; "shared_prefix", one row per list, the history once.
     scoring: str = "shared_prefix"
     max_row_len: int = 256          # shared prefix: a row's length in training
-    pool: str = "first"             # shared prefix: a candidate's score from its first token or the mean of its tokens
+    pool: str = "mean"              # shared prefix: a candidate's score from its first token or the mean of its tokens
     freeze_word_embeddings: bool = True  # the pretrained word pieces; new tokens always train
     init_tokens: str = "title_mean+cf"  # "random", "title_mean", "title_mean+cf", "random+cf"
     cf_scale: float = 1.0               # norm of the collaborative part (x mean word-piece norm)
