@@ -87,13 +87,32 @@ class _Capture:
         return np.zeros(n, np.float32)
 
 
+def _served_batch(tmp_path, tokenizer, manifest, history, cands):
+    """What the gateway pipeline sends to Triton for user ``u`` (history from a real store,
+    newest first) and ``cands``, rendered with ``manifest``'s options."""
+    from server.core.pipeline import Pipeline, PipelineConfig
+    from server.features.sqlite import SqliteStore
+    from server.types import Candidate, RerankRequest
+
+    async def serve():
+        store = SqliteStore(tmp_path / "s.db")
+        await store.upsert_items(list(ITEMS.values()))
+        await store.record_events([Event("u", i, "rating", 1000.0 - n, 4.0, f"k{n}") for n, i in enumerate(history)])
+        models = SimpleNamespace(require=lambda: SimpleNamespace(
+            name="reranker", version="1", tokenizer=tokenizer, spec=manifest.spec, manifest=manifest))
+        cap = _Capture()
+        await Pipeline(PipelineConfig(), store, cap, models).rerank(
+            RerankRequest("u", tuple(Candidate(c) for c in cands)))
+        await store.close()
+        return cap.batches[0]
+
+    return asyncio.run(serve())
+
+
 def test_training_eval_and_serving_encode_identical_token_ids(tokenizer_with_items, tmp_path):
     """The pin: the training encoder, the in-process evaluator's renderer + tokenizer and the
     gateway pipeline (history from the store) produce the same ids for the same list."""
     from contract.tokenize import PairTokenizer
-    from server.core.pipeline import Pipeline, PipelineConfig
-    from server.features.sqlite import SqliteStore
-    from server.types import Candidate, RerankRequest
     from training.encoder import TrainEncoder
 
     opts = RenderOptions(item_tokens=True, history_titles=False, item_text=True,
@@ -105,19 +124,7 @@ def test_training_eval_and_serving_encode_identical_token_ids(tokenizer_with_ite
     cands = ["50", "new", "1"]
 
     # serving: the store holds the events; the pipeline renders with the manifest's options
-    async def serve():
-        store = SqliteStore(tmp_path / "s.db")
-        await store.upsert_items(list(ITEMS.values()))
-        await store.record_events([Event("u", i, "rating", 1000.0 - n, 4.0, f"k{n}") for n, i in enumerate(history)])
-        models = SimpleNamespace(require=lambda: SimpleNamespace(
-            name="reranker", version="1", tokenizer=served_tok, spec=spec, manifest=manifest))
-        cap = _Capture()
-        await Pipeline(PipelineConfig(), store, cap, models).rerank(
-            RerankRequest("u", tuple(Candidate(c) for c in cands)))
-        await store.close()
-        return cap.batches[0]
-
-    served = asyncio.run(serve())
+    served = _served_batch(tmp_path, served_tok, manifest, history, cands)
 
     # training: the training encoder (multiple-of-8 padding instead of buckets)
     from tokenizers import Tokenizer
@@ -145,9 +152,6 @@ def test_shared_prefix_rows_are_the_same_in_training_evaluation_and_serving(toke
     """The same pin for shared-prefix versions: one row, the history once, then every
     candidate, with the same ids, candidate indices and positions on every path."""
     from contract.shared_prefix import PrefixTokenizer
-    from server.core.pipeline import Pipeline, PipelineConfig
-    from server.features.sqlite import SqliteStore
-    from server.types import Candidate, RerankRequest
     from training.encoder import TrainEncoder
 
     opts = RenderOptions(item_tokens=True, history_titles=False, item_text=False,
@@ -158,19 +162,7 @@ def test_shared_prefix_rows_are_the_same_in_training_evaluation_and_serving(toke
     history = ["100", "new", "1", "50"]
     cands = ["50", "new", "1"]  # "new" has no token: read from its text
 
-    async def serve():
-        store = SqliteStore(tmp_path / "s.db")
-        await store.upsert_items(list(ITEMS.values()))
-        await store.record_events([Event("u", i, "rating", 1000.0 - n, 4.0, f"k{n}") for n, i in enumerate(history)])
-        models = SimpleNamespace(require=lambda: SimpleNamespace(
-            name="reranker", version="1", tokenizer=served_tok, spec=spec, manifest=manifest))
-        cap = _Capture()
-        await Pipeline(PipelineConfig(), store, cap, models).rerank(
-            RerankRequest("u", tuple(Candidate(c) for c in cands)))
-        await store.close()
-        return cap.batches[0]
-
-    served = asyncio.run(serve())
+    served = _served_batch(tmp_path, served_tok, manifest, history, cands)
     from tokenizers import Tokenizer
 
     trained = TrainEncoder(Tokenizer.from_file(str(tokenizer_with_items)), opts, ITEMS, max_seq_len=256,
