@@ -94,8 +94,15 @@ def cmd_triton(args) -> int:
 
 def cmd_serve(args) -> int:
     settings = _settings(args)
+    if args.workers is not None:
+        settings.server.workers = args.workers
+    if settings.server.workers < 1:
+        print(f"error: workers must be at least 1, not {settings.server.workers}", file=sys.stderr)
+        return 2
     triton = start_triton(settings, free_ports=False, load=True) if args.with_triton else None
     try:
+        if settings.server.workers > 1:
+            return _serve_workers(settings)
         asyncio.run(_serve(settings))
     finally:
         if triton is not None:
@@ -104,17 +111,70 @@ def cmd_serve(args) -> int:
     return 0
 
 
-async def _serve(settings: Settings) -> None:
+def _serve_workers(settings: Settings) -> int:
+    """``server.workers`` gateway processes on one port (SO_REUSEPORT, which gRPC sets on
+    Linux: the kernel spreads new connections over them). Each has its own store connection,
+    Triton channel and caches; worker i serves metrics on ``metrics_port + i``. SIGINT and
+    SIGTERM stop them all (each drains its in-flight requests); if one dies, the rest stop."""
+    import dataclasses
+    import multiprocessing
+
+    from server.triton.launcher import free_port
+
+    n = settings.server.workers
+    if settings.server.port == 0:  # one port for all: choose it here
+        settings.server.port = free_port()
+    ctx = multiprocessing.get_context("spawn")
+    procs = []
+    for i in range(n):
+        tel = settings.telemetry
+        worker = dataclasses.replace(settings, telemetry=dataclasses.replace(
+            tel, metrics_port=tel.metrics_port + i if tel.metrics_port > 0 else tel.metrics_port))
+        procs.append(ctx.Process(target=_worker, args=(worker, i, n), name=f"rerankd-worker-{i}"))
+    for p in procs:
+        p.start()
+    stopping = False
+
+    def stop(*_):
+        nonlocal stopping
+        stopping = True
+        for p in procs:
+            if p.is_alive():
+                p.terminate()  # SIGTERM: the worker drains, then exits
+
+    old = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while any(p.is_alive() for p in procs):
+            if not stopping and any(p.exitcode not in (None, 0) for p in procs):
+                print("error: a gateway worker exited; stopping the others", file=sys.stderr)
+                stop()
+            time.sleep(0.2)
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+        for p in procs:
+            p.join(15)
+    return 0 if stopping or all(p.exitcode == 0 for p in procs) else 1
+
+
+def _worker(settings: Settings, index: int, count: int) -> None:
+    logging.basicConfig(level="INFO", format=f"%(asctime)s %(levelname)s worker-{index} %(name)s: %(message)s")
+    asyncio.run(_serve(settings, banner=index == 0, workers=count))
+
+
+async def _serve(settings: Settings, *, banner: bool = True, workers: int = 1) -> None:
     from server.api.app import Gateway
 
     gateway = Gateway(settings)
     port = await gateway.start()
     served = gateway.models.current
-    print(f"==> rerankd listening on {settings.server.host}:{port}; model "
-          f"{served.name + ' v' + served.version if served else '(none ready yet)'}; store {settings.store.url}")
-    print("    try, in another terminal:\n"
-          f"      .venv/bin/rerankd client rerank --addr {settings.server.host}:{port} --user 1 --items 50,172,181,1,121\n"
-          "    Ctrl-C stops the gateway and Triton.")
+    if banner:
+        print(f"==> rerankd listening on {settings.server.host}:{port}"
+              + (f" ({workers} gateway processes)" if workers > 1 else "") + "; model "
+              f"{served.name + ' v' + served.version if served else '(none ready yet)'}; store {settings.store.url}")
+        print("    try, in another terminal:\n"
+              f"      .venv/bin/rerankd client rerank --addr {settings.server.host}:{port} --user 1 --items 50,172,181,1,121\n"
+              "    Ctrl-C stops the gateway and Triton.")
     if gateway.metrics_port:
         print(f"    metrics (Prometheus text): curl http://{settings.telemetry.metrics_host}:{gateway.metrics_port}/metrics")
     stop = asyncio.Event()
@@ -196,6 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--triton-url")
     s.add_argument("--store", help="sqlite:///relative.db, sqlite:////absolute.db or redis://host:port/db")
     s.add_argument("--model-repository")
+    s.add_argument("--workers", type=int, help="gateway processes on the one port (default 1; "
+                   "RERANKD_SERVER_WORKERS)")
     s.set_defaults(func=cmd_serve)
 
     t = sub.add_parser("triton", help="install and run the local Triton server")

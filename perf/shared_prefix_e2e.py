@@ -59,6 +59,22 @@ def in_process(version_dir: Path, prepared, rounds: int = 2) -> float:
     return pairs / (time.perf_counter() - t0)
 
 
+def workers_sweep(vd: Path, db: Path, out: Path, messages, args, counts: list[int], concurrency: int,
+                  engine_pairs_per_s: float) -> dict[int, dict]:
+    """Served pairs/s of one version by gateway process count (``RERANKD_SERVER_WORKERS``)."""
+    rows: dict[int, dict] = {}
+    for w in counts:
+        with launch(vd.parents[1], db, out / "logs", log=log, env={"RERANKD_SERVER_WORKERS": str(w)}) as stack:
+            best = 0.0
+            for c in (concurrency // 2, concurrency):
+                s = asyncio.run(closed_loop(stack.addr, messages, c, args.duration, candidates=args.candidates)).summary()
+                log(f"    workers {w}: concurrency {c}: {s['pairs_per_s']:.0f} pairs/s, p50 {s['p50_ms']:.1f} ms, "
+                    f"errors {s['errors']}")
+                best = max(best, s["pairs_per_s"])
+        rows[w] = {"pairs_per_s": best, "c_over_a": best / engine_pairs_per_s}
+    return rows
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pairwise", type=Path, required=True, help="a pairwise version folder")
@@ -67,6 +83,9 @@ def main(argv=None) -> int:
     ap.add_argument("--concurrency", default="4,8,16")
     ap.add_argument("--duration", type=float, default=10.0, help="seconds per closed-loop level")
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--workers", default="", help="also serve the shared-prefix version with these "
+                    "gateway process counts (e.g. 1,2,3: `rerankd serve --workers N`), closed loop at the "
+                    "highest concurrency and twice it")
     ap.add_argument("--out", type=Path, default=PROJECT_ROOT / "reports" / "perf-shared-prefix")
     args = ap.parse_args(argv)
 
@@ -105,6 +124,10 @@ def main(argv=None) -> int:
                                     "served_pairs_per_s": by_level, "saturation_pairs_per_s": by_level[best],
                                     "at_concurrency": best, "in_process_pairs_per_s": a,
                                     "c_over_a": by_level[best] / a}
+    if args.workers:
+        result["workers"] = workers_sweep(versions["shared_prefix"], db, out, messages, args,
+                                          [int(w) for w in args.workers.split(",")], 2 * max(levels),
+                                          result["versions"]["shared_prefix"]["in_process_pairs_per_s"])
     p, s = result["versions"]["pairwise"], result["versions"]["shared_prefix"]
     result["served_ratio"] = s["saturation_pairs_per_s"] / p["saturation_pairs_per_s"]
     (out / "shared_prefix_e2e.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -112,6 +135,8 @@ def main(argv=None) -> int:
         f"{p['saturation_pairs_per_s']:.0f} pairs/s (c/a {p['c_over_a']:.2f}), shared prefix "
         f"{s['saturation_pairs_per_s']:.0f} pairs/s (c/a {s['c_over_a']:.2f}): {result['served_ratio']:.1f}x; "
         f"wrote {out / 'shared_prefix_e2e.json'}")
+    for w, row in result.get("workers", {}).items():
+        log(f"    shared prefix, {w} gateway process(es): {row['pairs_per_s']:.0f} pairs/s (c/a {row['c_over_a']:.2f})")
     return 0
 
 

@@ -45,7 +45,7 @@ class Stack:
 
 @contextlib.contextmanager
 def launch(repo: Path, db_path: Path, logs: Path, *, max_candidates: int = 1000, score_cache_size: int = 0,
-           log=print):
+           log=print, env: dict[str, str] | None = None):
     """Triton (model loaded) + ``rerankd serve`` on free ports; yields a ``Stack``; stops both.
 
     The score cache is off by default: the suite's repeated requests must reach the model."""
@@ -58,7 +58,7 @@ def launch(repo: Path, db_path: Path, logs: Path, *, max_candidates: int = 1000,
                      RERANKD_SERVER_MAX_CANDIDATES=str(max_candidates),
                      RERANKD_SERVER_MAX_IN_FLIGHT="256",
                      RERANKD_SERVER_SCORE_CACHE_SIZE=str(score_cache_size),
-                     RERANKD_STORE_URL=f"sqlite:///{db_path}") as ls:
+                     RERANKD_STORE_URL=f"sqlite:///{db_path}", **(env or {})) as ls:
         log(f"==> Triton {ls.triton.grpc_url} + gateway {ls.addr} up (logs in {logs})")
         yield Stack(ls.triton, ls.gateway, ls.addr, repo, logs)
 

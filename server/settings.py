@@ -31,6 +31,9 @@ class ServerSettings:
     score_cache_size: int = 200_000
     # Deadline applied when the caller sets none (seconds).
     default_timeout_s: float = 10.0
+    # Gateway processes on the one port (the kernel spreads connections, SO_REUSEPORT): one
+    # Python process tops out near a few hundred requests a second of 100 candidates.
+    workers: int = 1
     # Full garbage collections run when no request is in flight, at most this often, or
     # anyway after gc_max_delay_s (see server.api.collector); 0 keeps Python's own schedule.
     gc_idle_every_s: float = 30.0
