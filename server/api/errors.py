@@ -47,29 +47,35 @@ def grpc_errors(method):
         t0 = time.perf_counter()
         request_id = request_id_of(context)
         telemetry, metrics = self.telemetry, self.metrics
-        code = "OK"
+
+        # Counted before the status goes out: ``context.abort`` sends it at once, and a caller
+        # that scrapes the metrics right after its error must find the error counted.
+        def done(code: str) -> None:
+            metrics.rpc_done(name, code, time.perf_counter() - t0)
+
         with telemetry.tracer.start_as_current_span(
                 f"rerank.v1.Reranker/{name}", kind=SpanKind.SERVER,
                 context=telemetry.extract(context.invocation_metadata())) as span:
             span.set_attribute("rerank.request_id", request_id)
             try:
-                return await method(self, request, context, request_id)
+                result = await method(self, request, context, request_id)
             except RerankdError as exc:
                 span.set_status(Status(StatusCode.ERROR, exc.status))
                 code = exc.status if exc.status in STATUS_BY_NAME else "INTERNAL"
+                done(code)
                 await context.abort(STATUS_BY_NAME[code], str(exc))
             except grpc.aio.AbortError:  # the method aborted with a status of its own
-                code = getattr(context.code(), "name", "UNKNOWN")
+                done(getattr(context.code(), "name", "UNKNOWN"))
                 raise
             except asyncio.CancelledError:  # the caller went away (or its deadline passed)
-                code = "CANCELLED"
+                done("CANCELLED")
                 raise
             except Exception:
                 span.set_status(Status(StatusCode.ERROR, "INTERNAL"))
                 log.exception("internal error in %s (request id %s)", name, request_id)
-                code = "INTERNAL"
+                done("INTERNAL")
                 await context.abort(grpc.StatusCode.INTERNAL, f"internal error (request id {request_id})")
-            finally:
-                metrics.rpc_done(name, code, time.perf_counter() - t0)
+            done("OK")
+            return result
 
     return wrapper
