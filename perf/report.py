@@ -166,6 +166,16 @@ def write_report(out: Path, res: dict) -> Path:
                                    ("hr@10_scored_users", "HR@10", 3), ("spearman_mean", "Spearman vs fp32", 4),
                                    ("top10_overlap", "top-10 overlap", 3), ("seconds", "seconds", 1),
                                    ("accepted", "accepted", 0)]), ""]
+    sp = res.get("shared_prefix")
+    if sp:
+        rate, tok = sp["pairs_per_s"], sp["tokens_per_request"]
+        L += ["## Shared prefix vs pairwise (in process)", "",
+              f"Same weights, {sp['engine']}, {sp['threads']} threads, {sp['candidates']} candidates, "
+              f"{sp['requests']} requests x {sp['rounds']} alternating rounds (`perf.shared_prefix_bench`).", "",
+              "| layout | pairs/s | tokens a request |", "| --- | --- | --- |",
+              f"| pairwise (a row per pair) | {rate['pairwise']:.0f} | {tok['pairwise']:.0f} |",
+              f"| shared prefix (one sequence per request) | {rate['shared_prefix']:.0f} | {tok['shared_prefix']:.0f} |",
+              "", f"Ratio: **{sp['ratio']:.1f}x**.", ""]
     if res.get("tuning"):
         L += ["## Triton config tuning (closed loop, concurrency 4, 100 candidates; passes interleave the configs)", "",
               _table(res["tuning"], [("instances", "instances", 0), ("threads", "threads", 0),

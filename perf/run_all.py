@@ -32,7 +32,7 @@ from perf.sections import engines, gateway, setup, side, triton
 from perf.sections.context import BUDGETS, Suite
 from server.settings import PROJECT_ROOT
 
-SECTIONS = "engines,tuning,perf_analyzer,gateway,side"
+SECTIONS = "engines,shared_prefix,tuning,perf_analyzer,gateway,side"
 
 
 def parser() -> argparse.ArgumentParser:
@@ -86,6 +86,8 @@ def main(argv=None) -> int:
         e = engines.section_engines(ctx, variant_dir, wl.prepared, hf_dir, names)
         res.update(engines=e.rows, engine_quality=e.quality, machine_peak=e.peak,
                    flops_per_pair_seq64=e.flops_per_pair)
+    if "shared_prefix" in only:
+        res["shared_prefix"] = engines.section_shared_prefix(ctx, served.version_dir, hf_dir)
     msgs100, cand_msgs = setup.gateway_messages(ctx, wl.prepared)
     with launch(ctx.work / "model_repository", wl.db, ctx.work / "logs", log=log) as stack:
         log(f"==> [2/6] stack up (load avg {load_avg()})")

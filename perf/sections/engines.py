@@ -73,3 +73,16 @@ def section_engines(ctx: Suite, vd: Path, prepared: list, hf_dir: Path | None, e
     qrows = quality_vs_fp32(vd, variants, [p.arrays for p in prepared[:b.quality_requests]], threads)
     write_csv(ctx.out / "engine_quality.csv", qrows)
     return EnginesResult(rows, qrows, peak, fl)
+
+
+def section_shared_prefix(ctx: Suite, version_dir: Path, hf_dir: Path) -> dict:
+    """In-process pairs/s of the served weights laid out pairwise and as one shared-prefix
+    sequence per request (``perf.shared_prefix_bench``: same engine, precision, threads)."""
+    from perf.shared_prefix_bench import measure
+
+    ctx.log("==> shared prefix vs pairwise, in process (100 candidates)")
+    res = measure(hf_dir, version_dir, candidates=100, requests=4 * ctx.budget.engine_batches,
+                  rounds=ctx.budget.engine_rounds, threads=ctx.threads)
+    ctx.log(f"    pairwise {res['pairs_per_s']['pairwise']:.0f} pairs/s, shared prefix "
+            f"{res['pairs_per_s']['shared_prefix']:.0f} pairs/s: {res['ratio']:.1f}x")
+    return res

@@ -82,6 +82,7 @@ def stubbed(monkeypatch, tmp_path):
     stub(setup, "max_batch_size", 64)
     stub(engines, "variant_version", tmp_path / "variants_version")
     stub(engines, "section_engines", EnginesResult([{"variant": "v"}], [{"variant": "q"}], {"cores": 2}, 1.4e9))
+    stub(engines, "section_shared_prefix", {"ratio": 8.0})
     stub(triton, "section_tuning", TuningResult([{"instances": 2}], kept))
     stub(triton, "section_perf_analyzer", RuntimeError("no perf_analyzer"))
     stub(gateway, "section_gateway", GatewayResult({"instances": 1}, {"samples": 3}, closed, [{"level": 0.5}],
@@ -105,10 +106,11 @@ def test_main_files_each_sections_result_under_its_key(stubbed, tmp_path):
     res = json.loads((out / "results.json").read_text())
     assert list(res) == ["budget", "started", "engine", "hf_dir", "model_version", "machine", "workload",
                          "engines", "engine_quality", "machine_peak", "flops_per_pair_seq64",
-                         "tuning", "served_config", "perf_analyzer_error",
+                         "shared_prefix", "tuning", "served_config", "perf_analyzer_error",
                          "sequential_config", "event_effect", "gateway_closed", "gateway_open",
                          "gateway_candidates", "gateway_overhead", "side_by_side", "elapsed_s"]
     assert res["engines"] == [{"variant": "v"}] and res["engine_quality"] == [{"variant": "q"}]
+    assert res["shared_prefix"] == {"ratio": 8.0}
     assert res["machine_peak"] == {"cores": 2} and res["flops_per_pair_seq64"] == 1.4e9
     assert res["tuning"] == [{"instances": 2}] and res["served_config"] == {"instances": 2}
     assert res["perf_analyzer_error"] == "no perf_analyzer" and "perf_analyzer" not in res
