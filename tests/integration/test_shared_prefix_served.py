@@ -125,11 +125,15 @@ def test_a_request_over_many_rows_and_triton_calls_scores_like_small_requests(se
 
 def test_concurrent_callers_of_different_widths_batched_by_triton_keep_their_scores(served):
     stack, stub, vdir = served
-    sizes = [1, 3, 8, 20, 45, 90]  # rows from 32 to 512 tokens wide, the last request two rows
+    # Rows from 32 to 512 tokens wide, the last request two rows. Triton's batcher joins only
+    # requests of one shape, so three requests share the narrowest width: they can (and, sent
+    # at once into a 300 ms window, do) share an execution.
+    sizes = [1, 3, 3, 3, 8, 20, 45, 90]
     requests = [texts(n, start=100 * k) for k, n in enumerate(sizes)]
     tok = PrefixTokenizer.from_file(vdir / "tokenizer.json", Manifest.read(vdir / "manifest.json").spec)
     batches = [tok.encode(render_user([], CONTEXT), r) for r in requests]
     assert len({b.seq_len for b in batches}) >= 4
+    assert len({b.seq_len for b in batches[1:4]}) == 1
     alone = [rerank(stub, r) for r in requests]
     # A 300 ms batching window: the six requests, sent at once, are joined by Triton's
     # dynamic batcher into fewer executions, so the backend pads and splits them.
