@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from contract.blend import Blend
+from contract.shared_prefix import INPUT_NAMES, POOLS
 
 # The rule name a version's own blend gets in explanations.
 MODEL_BLEND = "model_blend"
@@ -46,15 +47,13 @@ class ModelSpec:
     def __post_init__(self) -> None:
         if self.scoring not in SCORINGS:
             raise ValueError(f"scoring must be one of {', '.join(SCORINGS)}, not {self.scoring!r}")
-        if self.pool not in ("first", "mean"):
-            raise ValueError(f"pool must be first or mean, not {self.pool!r}")
+        if self.pool not in POOLS:
+            raise ValueError(f"pool must be one of {', '.join(POOLS)}, not {self.pool!r}")
 
     @classmethod
     def shared_prefix(cls, name: str = "reranker", pool: str = "first") -> "ModelSpec":
         """The signature of a shared-prefix version: a row holds the user prefix and as many
         candidates as fit in its bucket; a request is one row up to about 500 warm candidates."""
-        from contract.shared_prefix import INPUT_NAMES
-
         return cls(name=name, input_names=INPUT_NAMES, max_batch_size=16, seq_buckets=(32, 64, 128, 256, 512),
                    preferred_batch_sizes=(), scoring=SHARED_PREFIX, pool=pool)
 

@@ -143,6 +143,16 @@ def pack(prefix_ids: Sequence[int], candidate_ids: Sequence[Sequence[int]], *, m
     return PrefixBatch(ids, cand, pos, first, pool)
 
 
+def join_rows(parts: Sequence[dict[str, np.ndarray]], pad_id: int = 0) -> dict[str, np.ndarray]:
+    """The rows of several requests in one batch, padded to the widest with padding that
+    attends only to padding (so no real token's score changes): how training stacks lists
+    and how the Triton backend joins callers."""
+    pad = {"input_ids": pad_id, "cand_index": PADDING, "positions": 0}
+    width = max(p["input_ids"].shape[1] for p in parts)
+    return {k: np.concatenate([np.pad(p[k], ((0, 0), (0, width - p[k].shape[1])), constant_values=pad[k])
+                               for p in parts]) for k in INPUT_NAMES}
+
+
 def attention_allowed(cand_index: np.ndarray) -> np.ndarray:
     """Who may attend to whom, [rows, L, L] bool (the rule the model's graph builds; numpy
     for tests and documentation): the prefix sees the prefix, a candidate sees the prefix

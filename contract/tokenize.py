@@ -25,6 +25,16 @@ log = logging.getLogger(__name__)
 _I64 = np.dtype(np.int64).itemsize  # bytes per cached token id
 
 
+def load_tokenizer(path: Path, spec: ModelSpec):
+    """The tokenizer a version with ``spec`` reads requests with: ``PairTokenizer`` (a row
+    per pair) or ``contract.shared_prefix.PrefixTokenizer`` (one sequence per request)."""
+    from contract.model_spec import SHARED_PREFIX
+    from contract.shared_prefix import PrefixTokenizer
+
+    kind = PrefixTokenizer if spec.scoring == SHARED_PREFIX else PairTokenizer
+    return kind.from_file(path, spec)
+
+
 @dataclass(frozen=True)
 class EncodedBatch:
     """Model inputs for a list of pairs, all padded to one bucket length."""

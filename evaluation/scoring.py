@@ -12,10 +12,9 @@ import numpy as np
 
 from contract.calibration import apply_text_offset
 from contract.items import ScoredFrom
-from contract.model_spec import SHARED_PREFIX, Manifest
+from contract.model_spec import Manifest
 from contract.render import Renderer
-from contract.shared_prefix import PrefixTokenizer
-from contract.tokenize import PairTokenizer
+from contract.tokenize import load_tokenizer
 from evaluation.protocol import EvalList
 from export.engines import load_backend
 from export.write_repo import DEFAULT_PARAMETERS
@@ -47,9 +46,7 @@ class VersionScorer:
     def __init__(self, version_dir: Path, threads: int = 2):
         self.dir = Path(version_dir)
         self.manifest = Manifest.read(self.dir / "manifest.json")
-        spec = self.manifest.spec
-        tokenizer_kind = PrefixTokenizer if spec.scoring == SHARED_PREFIX else PairTokenizer
-        self.tokenizer = tokenizer_kind.from_file(self.dir / "tokenizer.json", spec)
+        self.tokenizer = load_tokenizer(self.dir / "tokenizer.json", self.manifest.spec)
         self.renderer = Renderer.for_model(self.manifest, self.tokenizer)
         backend = load_backend(self.dir / "model.py" if (self.dir / "model.py").is_file()
                                else _BACKEND_SRC)

@@ -11,6 +11,7 @@ from torch import nn
 
 from contract.items import Item
 from contract.render import render_item, render_user
+from contract.shared_prefix import join_rows
 from contract.tokenize import EncodedBatch, PairTokenizer
 from export.to_onnx import ScoreModel, onnx_session, run_onnx
 
@@ -111,17 +112,6 @@ def prefix_torch_scores(model: nn.Module, arrays: dict[str, np.ndarray]) -> np.n
     return out.numpy()
 
 
-def join_prefix_rows(parts: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """The rows of several shared-prefix requests in one batch, padded to the widest with
-    padding that attends only to padding, as the Triton backend joins a dynamic batch."""
-    from contract.shared_prefix import INPUT_NAMES, PADDING
-
-    pad = {"input_ids": 0, "cand_index": PADDING, "positions": 0}
-    width = max(p["input_ids"].shape[1] for p in parts)
-    return {k: np.concatenate([np.pad(p[k], ((0, 0), (0, width - p[k].shape[1])), constant_values=pad[k])
-                               for p in parts]) for k in INPUT_NAMES}
-
-
 def verify_requests(model: nn.Module, onnx_path: Path, tokenizer, pairs: Sequence[tuple[str, str]], *,
                     tolerance: float) -> float:
     """``verify_pairs`` for a shared-prefix graph: ``pairs`` grouped into one request per
@@ -140,7 +130,7 @@ def verify_requests(model: nn.Module, onnx_path: Path, tokenizer, pairs: Sequenc
         if got.shape != b.input_ids.shape:
             raise ExportVerificationError(f"ONNX output shape {got.shape} != per-token {b.input_ids.shape}")
         diffs.append(np.abs(b.scores(got).astype(np.float64) - ref).max())
-    joined = run_onnx(session, join_prefix_rows([b.arrays for b in batches]), output_name)
+    joined = run_onnx(session, join_rows([b.arrays for b in batches]), output_name)
     start = 0
     for b, ref in zip(batches, expected):
         got = b.scores(joined[start:start + len(b), :b.seq_len])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import platform
 from pathlib import Path
 
 import numpy as np
@@ -65,3 +66,14 @@ def overhead_summary(rows: list[dict], n: int) -> dict:
         out[f"{k[:-3]}_p50_ms"] = float(np.median([r[k] for r in ok if k in r]))
     out["pairs_per_s_sequential"] = n / (out["e2e_p50_ms"] / 1000)
     return out
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``): ratios are comparable only on one model."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"

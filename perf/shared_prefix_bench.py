@@ -24,18 +24,8 @@ from contract.model_spec import Manifest, ModelSpec
 from contract.shared_prefix import PrefixTokenizer
 from contract.tokenize import PairTokenizer
 from export.engines import movielens_requests, renderer_for
-from perf.common import log
+from perf.common import cpu_model, log
 from server.settings import PROJECT_ROOT
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def measure(hf_dir: Path, version_dir: Path, *, candidates: int = 100, requests: int = 20, rounds: int = 4,

@@ -26,9 +26,8 @@ from evaluation.scoring import VersionScorer
 from export.engines import ENGINE_PARAMETERS
 from export.write_repo import DEFAULT_PARAMETERS, write_config
 from perf import workload as W
-from perf.common import cpu_pressure, log
+from perf.common import cpu_model, cpu_pressure, log
 from perf.loadgen import build_messages, closed_loop
-from perf.shared_prefix_bench import cpu_model
 from perf.stack import BACKEND_SRC, MODEL, launch
 from server.settings import PROJECT_ROOT
 

@@ -81,15 +81,11 @@ class GatewayTexts:
 
     def __init__(self, db_path: Path, version_dir: Path, *, history_len: int = 20, history_in_text: int = 10):
         from contract.model_spec import Manifest
-        from contract.tokenize import PairTokenizer
+        from contract.tokenize import load_tokenizer
 
         self.db_path = db_path
         self.manifest = Manifest.read(Path(version_dir) / "manifest.json")
-        from contract.model_spec import SHARED_PREFIX
-        from contract.shared_prefix import PrefixTokenizer
-
-        kind = PrefixTokenizer if self.manifest.spec.scoring == SHARED_PREFIX else PairTokenizer
-        self.tokenizer = kind.from_file(Path(version_dir) / "tokenizer.json", self.manifest.spec)
+        self.tokenizer = load_tokenizer(Path(version_dir) / "tokenizer.json", self.manifest.spec)
         self.history_len = history_len
         self.history_in_text = history_in_text
         from contract import render

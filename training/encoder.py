@@ -15,7 +15,7 @@ from tokenizers import Tokenizer
 from contract.items import Item
 from contract.model_spec import PAIRWISE, SHARED_PREFIX, ModelSpec
 from contract.render import Renderer, RenderOptions, vocabulary_lookup
-from contract.shared_prefix import PADDING, PrefixTokenizer
+from contract.shared_prefix import PADDING, PrefixTokenizer, join_rows
 from contract.tokenize import PairTokenizer
 
 # Training pads each batch only to its longest pair (buckets only matter for Triton).
@@ -83,27 +83,22 @@ class TrainEncoder:
         if self.scoring == SHARED_PREFIX:
             return self._shared(texts)
         batches = [self.pair_tokenizer.encode(*t) for t in texts]
-        arrays = _stack([b.arrays for b in batches], {})
+        arrays = _stack([b.arrays for b in batches])
         return Encoded(trim_padding(arrays), len(arrays["input_ids"]))
 
     def _shared(self, texts: Sequence[tuple[str, list[str]]]) -> Encoded:
         batches = [self.prefix_tokenizer.encode(*t) for t in texts]
-        arrays = _stack([b.arrays for b in batches], {"input_ids": self.prefix_tokenizer.pad_id,
-                                                     "cand_index": PADDING})
+        arrays = join_rows([b.arrays for b in batches], self.prefix_tokenizer.pad_id)
         row0 = np.cumsum([0] + [len(b) for b in batches[:-1]])
         first = np.concatenate([b.first_token + np.array([r0, 0]) for b, r0 in zip(batches, row0)])
         return Encoded(trim_padding(arrays), len(first), first, self.prefix_tokenizer.spec.pool)
 
 
-def _stack(parts: Sequence[dict[str, np.ndarray]], pad: dict[str, int]) -> dict[str, np.ndarray]:
-    """Rows of several batches in one array per input, padded to the widest (``pad``: the
-    padding value per input, 0 for the others)."""
+def _stack(parts: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Pair rows of several lists in one array per input, zero-padded to the widest."""
     L = max(p["input_ids"].shape[1] for p in parts)
-    out = {}
-    for name in parts[0]:
-        out[name] = np.concatenate([np.pad(p[name], ((0, 0), (0, L - p[name].shape[1])),
-                                           constant_values=pad.get(name, 0)) for p in parts])
-    return out
+    return {name: np.concatenate([np.pad(p[name], ((0, 0), (0, L - p[name].shape[1]))) for p in parts])
+            for name in parts[0]}
 
 
 def trim_padding(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

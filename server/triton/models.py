@@ -12,9 +12,9 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from contract.model_spec import SHARED_PREFIX, Manifest
+from contract.model_spec import Manifest
 from contract.shared_prefix import PrefixTokenizer
-from contract.tokenize import PairTokenizer
+from contract.tokenize import PairTokenizer, load_tokenizer
 from server.errors import Unavailable
 
 log = logging.getLogger(__name__)
@@ -37,9 +37,7 @@ class ServedModel:
 def load_served_model(repo: Path, name: str, version: str) -> ServedModel:
     folder = Path(repo) / name / version
     manifest = Manifest.read(folder / "manifest.json")
-    tokenizer_cls = PrefixTokenizer if manifest.spec.scoring == SHARED_PREFIX else PairTokenizer
-    tokenizer = tokenizer_cls.from_file(folder / "tokenizer.json", manifest.spec)
-    return ServedModel(name, version, manifest, tokenizer)
+    return ServedModel(name, version, manifest, load_tokenizer(folder / "tokenizer.json", manifest.spec))
 
 
 class ModelWatcher:

@@ -12,7 +12,6 @@ import pytest
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
-pytest.importorskip("onnxruntime")
 
 from contract.model_spec import SHARED_PREFIX, Manifest, ModelSpec  # noqa: E402
 from contract.shared_prefix import INPUT_NAMES, PrefixTokenizer  # noqa: E402

@@ -61,7 +61,6 @@ def test_the_history_reaches_the_candidates_and_the_neighbours_do_not(scorer):
 
 
 def test_onnx_export_matches_torch_for_any_row_count_and_length(classifier, scorer, tmp_path):
-    pytest.importorskip("onnxruntime")
     from export.shared_prefix import export_onnx
     from export.to_onnx import onnx_session
 
