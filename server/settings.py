@@ -101,6 +101,31 @@ class TelemetrySettings:
 
 
 @dataclass
+class ResilienceSettings:
+    # What Rerank does when the model cannot score (Triton down, not ready, failing, or too
+    # slow for the deadline): "degrade" answers OK with the fallback order, flagged degraded;
+    # "fail" answers with the error status.
+    on_model_failure: str = "degrade"
+
+
+@dataclass
+class SecuritySettings:
+    # API keys (hashed, with scopes); empty: every RPC is open (fine on 127.0.0.1 only).
+    api_keys_file: str = ""
+    # Server certificate and key (PEM) turn TLS on; a client CA turns on mTLS.
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+
+
+@dataclass
+class PrivacySettings:
+    # Key of the keyed hash that stands for user ids in logs, traces and metric labels;
+    # empty: a random key per process (hashes then differ between processes).
+    user_id_hash_key: str = ""
+
+
+@dataclass
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     triton: TritonSettings = field(default_factory=TritonSettings)
@@ -108,6 +133,9 @@ class Settings:
     model: ModelSettings = field(default_factory=ModelSettings)
     rules: RulesSettings = field(default_factory=RulesSettings)
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
+    resilience: ResilienceSettings = field(default_factory=ResilienceSettings)
+    security: SecuritySettings = field(default_factory=SecuritySettings)
+    privacy: PrivacySettings = field(default_factory=PrivacySettings)
 
 
 def parse_weights(text: str, field: str = "model.event_weights") -> dict[str, float]:
