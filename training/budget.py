@@ -14,7 +14,7 @@ from training.config import TrainConfig
 EXPORT_RESERVE_S = 25.0
 # The text-offset calibration scores up to this many validation lists again, twice
 # (``evaluation.text_offset.choose_text_offset``'s ``max_lists``).
-OFFSET_LISTS = 300
+OFFSET_LISTS = 1000
 
 
 class BudgetExceeded(RuntimeError):
@@ -33,7 +33,7 @@ class Reserve:
 
 def reserve(cfg: TrainConfig, valid_lists: Sequence[tuple], pairs_per_s: float, *, export: bool) -> Reserve:
     """What validation (the lists, then the text-offset calibration: 2 x 5 extra pairs for
-    each of up to 300 lists) and, with ``export``, the export need after training."""
+    each of up to 1000 lists) and, with ``export``, the export need after training."""
     n_valid_pairs = sum(len(c) for _, _, c, _ in valid_lists)
     export_s = EXPORT_RESERVE_S if export else 0.0
     n_valid_pairs += 2 * COLD_IN_MIXED * min(OFFSET_LISTS, len(valid_lists))

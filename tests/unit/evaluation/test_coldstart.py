@@ -199,10 +199,47 @@ def test_the_offset_gives_text_read_items_the_share_they_take_as_tokens():
         cands = rng.sample(items[:200], 50)
         valid.append((str(u), [items[-1 - u]], cands, [0.0] * 50))
     scores = [np.array([base[c] for c in cands]) for _, _, cands, _ in valid]
-    got = choose_text_offset(valid, scores, SimpleNamespace(warm_items=dict.fromkeys(items)), Enc(), scorer)
+    data = SimpleNamespace(warm_items=dict.fromkeys(items), split=SimpleNamespace(valid={}))
+    got = choose_text_offset(valid, scores, data, Enc(), scorer)
     assert got["share_text"] > got["share_token"] > 0
     assert got["share_text_calibrated"] == pytest.approx(got["share_token"])
     assert -1.3 <= got["offset"] <= -0.7 and got["lists"] == 120
+
+
+def test_the_offset_lets_relevant_text_read_items_keep_the_share_they_take_as_tokens():
+    """Read from its token, a user's next item scores far above everything; read from text it
+    scores like any other item (the model reads it less sharply). The lists that hold the
+    target among the new items (a tenth) must pull the offset up from what the irrelevant
+    items alone would give (0 here: they score the same either way)."""
+    from types import SimpleNamespace
+
+    from evaluation.text_offset import RELEVANT_SHARE, choose_text_offset
+
+    rng = random.Random(2)
+    items = [str(i) for i in range(1, 601)]
+    base = {i: rng.uniform(0.0, 3.0) for i in items}
+    targets = {str(u): items[300 + u] for u in range(300)}
+    relevant = set(targets.values())
+
+    class Enc:
+        renderer = SimpleNamespace(options=SimpleNamespace(item_tokens=True))
+
+        def encode_lists(self, lists, rng=None, text_only=None):
+            return {"rows": [(c, c in t) for (_, cands), t in zip(lists, text_only) for c in cands]}
+
+    def scorer(arrays):
+        return np.array([base[c] + (5.0 if c in relevant and not text else 0.0) for c, text in arrays["rows"]])
+
+    valid = []
+    for u in range(300):
+        cands = rng.sample(items[:300], 49) + [targets[str(u)]]
+        valid.append((str(u), [], cands, [0.0] * 50))
+    scores = [np.array(scorer({"rows": [(c, False) for c in cands]})) for _, _, cands, _ in valid]
+    data = SimpleNamespace(warm_items=dict.fromkeys(items), split=SimpleNamespace(valid=targets))
+    got = choose_text_offset(valid, scores, data, Enc(), scorer)
+    assert 0.5 * RELEVANT_SHARE * 300 <= got["lists_with_target"] <= 1.5 * RELEVANT_SHARE * 300
+    assert got["share_token"] > got["share_text"] and got["offset"] > 0.2
+    assert got["share_text_calibrated"] == pytest.approx(got["share_token"], abs=0.005)
 
 
 def test_a_model_without_item_tokens_needs_no_offset():
