@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 TRITON_STAMP := .cache/triton/.installed
 PROTO_STAMP := server/api/_gen/.generated
 
-.PHONY: run test venv protos triton model data redis perf clean help
+.PHONY: run test venv protos triton model data redis node-client perf clean help
 
 help:
 	@echo "make run   - set everything up and serve (Triton + gateway) on embedded defaults"
@@ -54,7 +54,18 @@ redis:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null) \
 	  || echo "WARNING: could not install redis-server; Redis tests will be skipped"; }
 
-test: venv protos triton redis
+# The Node gRPC client of the TLS test (tests/node: pinned in package-lock.json), installed into
+# tests/node/node_modules; without node/npm that one test is skipped.
+NODE_STAMP := tests/node/node_modules/.installed
+$(NODE_STAMP): tests/node/package.json tests/node/package-lock.json
+	@if command -v npm >/dev/null && command -v node >/dev/null; then \
+	  echo "==> installing the Node test client's packages (tests/node)"; \
+	  npm ci --prefix tests/node --ignore-scripts --no-audit --no-fund --loglevel=error && touch $@; \
+	else echo "WARNING: node/npm not installed; the Node TLS client test will be skipped"; fi
+
+node-client: $(NODE_STAMP)
+
+test: venv protos triton redis node-client
 	@$(PY) -m pytest -q -ra tests
 
 # The suite exports its own model version into reports/perf/work (PERF_ARGS="--hf-dir DIR" or
@@ -65,4 +76,4 @@ perf: venv protos triton
 	@$(PY) -m perf.run_all --budget short $(PERF_ARGS)
 
 clean:
-	rm -rf $(VENV) .cache var server/api/_gen
+	rm -rf $(VENV) .cache var server/api/_gen tests/node/node_modules

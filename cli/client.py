@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 import argparse
+import collections
 import json
+import os
 import sys
 import time
 
 import grpc
 
 DEFAULT_ADDR = "127.0.0.1:50051"
+API_KEY_ENV = "RERANKD_CLIENT_API_KEY"
 
 
 def add_parser(sub) -> None:
     c = sub.add_parser("client", help="call a running rerankd gateway")
     c.add_argument("--addr", default=DEFAULT_ADDR, help=f"gateway address (default {DEFAULT_ADDR})")
     c.add_argument("--timeout", type=float, default=10.0, help="deadline in seconds")
+    c.add_argument("--api-key", default=os.environ.get(API_KEY_ENV) or None,
+                   help=f"sent as 'authorization: Bearer <key>' (default ${API_KEY_ENV})")
+    _add_tls_arguments(c)
     csub = c.add_subparsers(dest="client_command", required=True)
 
     r = csub.add_parser("rerank", help="rank items for a user")
@@ -44,13 +50,18 @@ def add_parser(sub) -> None:
     b.add_argument("--batch", type=int, default=500, help="items per UpsertItems call")
     b.add_argument("--delete", action="store_true", help="delete the file's item ids instead")
 
+    f = csub.add_parser("forget", help="erase a user's events, history and cached scores (scope admin)")
+    f.add_argument("user", metavar="USER", help="the user id")
+
     h = csub.add_parser("health", help="gRPC health status")
-    for p in (r, u, e, b, h):
+    for p in (r, u, e, b, f, h):
         # --addr / --timeout also after the subcommand (`client rerank --addr ...`), where
         # people type them; SUPPRESS keeps the value given before the subcommand otherwise.
         p.add_argument("--addr", default=argparse.SUPPRESS, help="gateway address")
         p.add_argument("--timeout", type=float, default=argparse.SUPPRESS, help="deadline in seconds")
-    for p in (r, u, e, b):
+        p.add_argument("--api-key", default=argparse.SUPPRESS, help="API key")
+        _add_tls_arguments(p, after_subcommand=True)
+    for p in (r, u, e, b, f):
         p.set_defaults(func=_run)
     c.set_defaults(func=_run)
 
@@ -101,6 +112,11 @@ def _events(stub, pb, args):
               for i in args.items.split(",") if i.strip()]
     resp = stub.RecordEvents(pb.RecordEventsRequest(events=events), timeout=args.timeout)
     print(f"accepted {resp.accepted}, duplicates {resp.duplicates}")
+
+
+def _forget(stub, pb, args):
+    resp = stub.ForgetUser(pb.ForgetUserRequest(user_id=args.user), timeout=args.timeout)
+    print(f"removed {resp.events_removed} events, {resp.cached_scores_removed} cached scores")
 
 
 def read_items(path: str):
@@ -155,18 +171,77 @@ def _health(channel, args):
     print(health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status))
 
 
+def _add_tls_arguments(p, after_subcommand: bool = False) -> None:
+    """TLS to the gateway (``security.tls_*`` on its side): any of these turns TLS on."""
+    def default(value):
+        return argparse.SUPPRESS if after_subcommand else value
+
+    p.add_argument("--tls", action="store_true", default=default(False),
+                   help="TLS, verifying the gateway against the system's root CAs")
+    p.add_argument("--tls-ca", default=default(""), metavar="PEM",
+                   help="TLS, verifying the gateway's certificate against this CA")
+    p.add_argument("--tls-cert", default=default(""), metavar="PEM",
+                   help="client certificate, for a gateway that requires one (mTLS); with --tls-key")
+    p.add_argument("--tls-key", default=default(""), metavar="PEM", help="the client certificate's private key")
+    p.add_argument("--server-name", default=default(""),
+                   help="name to verify the gateway's certificate against, if not the host in --addr")
+
+
+def _channel(args) -> grpc.Channel:
+    from server.api import tls
+
+    creds = tls.client_credentials(args.tls_ca, args.tls_cert, args.tls_key, tls=args.tls)
+    return tls.open_channel(args.addr, creds, server_name=args.server_name)
+
+
+class _CallDetails(collections.namedtuple("_CallDetails", ("method", "timeout", "metadata", "credentials",
+                                                           "wait_for_ready", "compression")),
+                   grpc.ClientCallDetails):
+    pass
+
+
+class _ApiKey(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
+              grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
+    """Adds ``authorization: Bearer <key>`` to every call."""
+
+    def __init__(self, key: str):
+        self.header = ("authorization", f"Bearer {key}")
+
+    def _details(self, d):
+        return _CallDetails(d.method, d.timeout, [*(d.metadata or ()), self.header], d.credentials,
+                            d.wait_for_ready, d.compression)
+
+    def intercept_unary_unary(self, continuation, details, request):
+        return continuation(self._details(details), request)
+
+    def intercept_unary_stream(self, continuation, details, request):
+        return continuation(self._details(details), request)
+
+    def intercept_stream_unary(self, continuation, details, requests):
+        return continuation(self._details(details), requests)
+
+    def intercept_stream_stream(self, continuation, details, requests):
+        return continuation(self._details(details), requests)
+
+
+def with_api_key(channel: grpc.Channel, key: str | None) -> grpc.Channel:
+    """``channel`` sending ``key`` with every call (unchanged without one)."""
+    return grpc.intercept_channel(channel, _ApiKey(key)) if key else channel
+
+
 def _run(args) -> int:
     from server.api.pb import reranker_pb2 as pb
     from server.api.pb import reranker_pb2_grpc as pb_grpc
 
-    with grpc.insecure_channel(args.addr) as channel:
+    with _channel(args) as raw:
+        channel = with_api_key(raw, args.api_key)
         stub = pb_grpc.RerankerStub(channel)
         try:
             if args.client_command == "health":
                 _health(channel, args)
             else:
                 {"rerank": _rerank, "upsert": _upsert, "events": _events,
-                 "load-items": _load_items}[args.client_command](stub, pb, args)
+                 "load-items": _load_items, "forget": _forget}[args.client_command](stub, pb, args)
         except grpc.RpcError as err:
             print(f"error: {err.code().name}: {err.details()}", file=sys.stderr)
             return 1

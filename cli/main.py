@@ -57,21 +57,49 @@ def start_triton(settings: Settings, *, free_ports: bool, load: bool):
     except RuntimeError as exc:  # a port in use: say so, no traceback
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    print(f"==> Triton starting (gRPC {server.grpc_url}, HTTP {server.http_url}); log: {log_path}")
 
     def failed():
-        if server.proc.poll() is not None:
-            raise RuntimeError(f"tritonserver exited with code {server.proc.returncode}; see {log_path}")
+        if server.exited():
+            raise RuntimeError(f"tritonserver exited with code {server.reap()}; see {log_path}")
 
     try:
+        print(f"==> Triton starting (gRPC {server.grpc_url}, HTTP {server.http_url}); log: {log_path}")
         _progress_wait(f"loading model {t.model_name!r} in Triton" if load else "starting Triton",
                        lambda: server.is_live() and (not load or server.model_ready(t.model_name)),
                        timeout_s=300, failed=failed)
     except BaseException:  # Ctrl-C or a failed load: never leave an orphaned tritonserver
+        _ignore_stop_signals()
         server.stop()
         raise
     settings.triton.url = server.grpc_url
     return server
+
+
+def _launcher_signals() -> None:
+    """For the commands that start Triton: SIGTERM (systemd, Kubernetes) stops them as Ctrl-C
+    does, and orphaned Triton backend stubs are re-parented to this process, which reaps them."""
+    from server.triton.launcher import become_subreaper
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    become_subreaper()
+
+
+def _ignore_stop_signals() -> None:
+    """While stopping Triton (bounded in time): a second signal must not leave it half-stopped."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+
+
+def _supervisor(server, settings: Settings):
+    """Reaps Triton's stubs if it dies and, with ``triton.restart_on_exit``, restarts it."""
+    from server.triton.launcher import TritonSupervisor
+
+    t = settings.triton
+    return TritonSupervisor(server, restart=t.restart_on_exit, backoff_s=t.restart_backoff_s,
+                            backoff_max_s=t.restart_backoff_max_s)
 
 
 def cmd_triton(args) -> int:
@@ -81,14 +109,25 @@ def cmd_triton(args) -> int:
 
         ensure_triton(settings.triton.install_dir)
         return 0
-    server = start_triton(settings, free_ports=args.free_ports, load=not args.no_load)
-    print("==> Triton running; Ctrl-C stops it")
+    _launcher_signals()
+    supervisor = None
     try:
-        server.proc.wait()
+        server = start_triton(settings, free_ports=args.free_ports, load=not args.no_load)
+        supervisor = _supervisor(server, settings)
+        supervisor.start()
+        print("==> Triton running; Ctrl-C or SIGTERM stops it", flush=True)
+        while supervisor.running:
+            time.sleep(0.5)
     except KeyboardInterrupt:
         pass
     finally:
-        server.stop()
+        _ignore_stop_signals()
+        if supervisor is not None:
+            print("==> stopping Triton", flush=True)
+            supervisor.stop()
+    if supervisor is not None and supervisor.gave_up:
+        print("error: tritonserver exited (triton.restart_on_exit is off)", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -99,15 +138,28 @@ def cmd_serve(args) -> int:
     if settings.server.workers < 1:
         print(f"error: workers must be at least 1, not {settings.server.workers}", file=sys.stderr)
         return 2
-    triton = start_triton(settings, free_ports=False, load=True) if args.with_triton else None
+    from server.api import tls
+
+    # TLS files checked here as well: before Triton starts, and once for all worker processes.
+    tls.server_credentials(settings.security)
+    tls.triton_credentials(settings.triton)
+    supervisor = None
     try:
+        if args.with_triton:
+            _launcher_signals()
+            supervisor = _supervisor(start_triton(settings, free_ports=False, load=True), settings)
+            supervisor.start()
         if settings.server.workers > 1:
             return _serve_workers(settings)
         asyncio.run(_serve(settings))
+    except KeyboardInterrupt:  # a signal before the gateway took over SIGINT/SIGTERM
+        if not args.with_triton:
+            raise
     finally:
-        if triton is not None:
-            print("==> stopping Triton")
-            triton.stop()
+        if supervisor is not None:
+            _ignore_stop_signals()
+            print("==> stopping Triton", flush=True)
+            supervisor.stop()
     return 0
 
 
@@ -172,8 +224,12 @@ async def _serve(settings: Settings, *, banner: bool = True, workers: int = 1) -
         print(f"==> rerankd listening on {settings.server.host}:{port}"
               + (f" ({workers} gateway processes)" if workers > 1 else "") + "; model "
               f"{served.name + ' v' + served.version if served else '(none ready yet)'}; store {settings.store.url}")
+        sec = settings.security
+        tls_flags = ((" --tls-ca CA.pem" if sec.tls_cert else "")
+                     + (" --tls-cert CLIENT.pem --tls-key CLIENT.key" if sec.tls_client_ca else ""))
         print("    try, in another terminal:\n"
-              f"      .venv/bin/rerankd client rerank --addr {settings.server.host}:{port} --user 1 --items 50,172,181,1,121\n"
+              f"      .venv/bin/rerankd client rerank --addr {settings.server.host}:{port}{tls_flags}"
+              " --user 1 --items 50,172,181,1,121\n"
               "    Ctrl-C stops the gateway and Triton.")
     if gateway.metrics_port:
         print(f"    metrics (Prometheus text): curl http://{settings.telemetry.metrics_host}:{gateway.metrics_port}/metrics")
@@ -297,8 +353,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(func=cmd_eval)
 
     from cli import client
+    from cli import keys as keys_cmd
 
     client.add_parser(sub)
+    keys_cmd.add_parser(sub)
     return p
 
 

@@ -14,20 +14,27 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from server.settings import PROJECT_ROOT
 from server.triton.install import TritonInstall
 from server.triton.launcher import TritonPorts, TritonServer, free_port
 
+if TYPE_CHECKING:
+    import grpc
+
 MODEL = "reranker"
 
 
-def grpc_health(addr: str) -> str:
-    """``SERVING`` / ``NOT_SERVING`` from grpc.health.v1, or ``DOWN`` if nothing answers."""
+def grpc_health(addr: str, credentials: grpc.ChannelCredentials | None = None) -> str:
+    """``SERVING`` / ``NOT_SERVING`` from grpc.health.v1, or ``DOWN`` if nothing answers.
+    ``credentials``: TLS (``server.api.tls``) for a gateway with ``security.tls_*`` set."""
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    with grpc.insecure_channel(addr) as ch:
+    from server.api.tls import open_channel
+
+    with open_channel(addr, credentials) as ch:
         try:
             resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=2)
         except grpc.RpcError:
@@ -46,10 +53,12 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> No
 
 @contextlib.contextmanager
 def gateway_process(triton_url: str, repo: Path, log_path: Path, *, serving: bool = True,
-                    cwd: Path = PROJECT_ROOT, **env: str) -> Iterator[tuple[subprocess.Popen, str]]:
+                    cwd: Path = PROJECT_ROOT, credentials: grpc.ChannelCredentials | None = None,
+                    **env: str) -> Iterator[tuple[subprocess.Popen, str]]:
     """``rerankd serve`` on a free port (settings through ``RERANKD_*`` variables in ``env``);
     yields (process, address). With ``serving`` it waits until the model is ready. ``cwd``:
-    the source tree the gateway runs from (another checkout, for before/after comparisons)."""
+    the source tree the gateway runs from (another checkout, for before/after comparisons).
+    ``credentials``: what the health checks use, for a gateway with TLS settings in ``env``."""
     port = free_port()
     # Metrics off unless asked for: several gateways here would contend for one default port.
     full_env = dict(os.environ, RERANKD_SERVER_PORT=str(port), RERANKD_TRITON_URL=triton_url,
@@ -66,7 +75,7 @@ def gateway_process(triton_url: str, repo: Path, log_path: Path, *, serving: boo
     def state(wanted: Sequence[str]) -> bool:
         if proc.poll() is not None:
             raise RuntimeError(f"gateway exited with code {proc.returncode}; see {log_path}")
-        return grpc_health(addr) in wanted
+        return grpc_health(addr, credentials) in wanted
 
     try:
         wait_until(lambda: state(("SERVING", "NOT_SERVING")), 60, f"gateway up (log {log_path})")

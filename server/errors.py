@@ -39,3 +39,24 @@ class Unavailable(RerankdError):
 
 class DeadlineExceeded(RerankdError):
     status = "DEADLINE_EXCEEDED"
+
+
+class Unauthenticated(RerankdError):
+    """No credentials, or credentials the gateway does not know."""
+
+    status = "UNAUTHENTICATED"
+
+
+class PermissionDenied(RerankdError):
+    """Known credentials without the scope the call needs."""
+
+    status = "PERMISSION_DENIED"
+
+
+class InferenceFailed(Unavailable):
+    """An inference call failed: ``unreachable`` when Triton could not be reached (connection
+    refused or lost), else Triton answered with an error. Degraded mode tells the two apart."""
+
+    def __init__(self, message: str, *, unreachable: bool, field: str | None = None):
+        super().__init__(message, field=field)
+        self.unreachable = unreachable

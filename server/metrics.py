@@ -117,15 +117,19 @@ class Metrics:
         return [Observation(n, {"stage": s}) for s, n in list(self.stage_calls.items())]
 
     # -- endpoint --------------------------------------------------------------------------
-    def serve(self, host: str, port: int) -> int | None:
+    def serve(self, host: str, port: int, authorize: Callable[[str | None], int] | None = None) -> int | None:
         """Serve ``/metrics`` on ``host:port`` (0: a free port); returns the port, or None when
-        metrics are off or the port cannot be bound (logged: the gateway serves on without)."""
+        metrics are off or the port cannot be bound (logged: the gateway serves on without).
+        ``authorize``: the request's ``Authorization`` header -> HTTP status (200 lets it through)."""
         if not self.enabled:
             return None
-        from prometheus_client import start_http_server
+        from prometheus_client import make_wsgi_app, start_http_server
 
         try:
-            self._server, _ = start_http_server(port, addr=host, registry=self.registry)  # (server, thread)
+            if authorize is None:
+                self._server, _ = start_http_server(port, addr=host, registry=self.registry)  # (server, thread)
+            else:
+                self._server = _serve_guarded(host, port, make_wsgi_app(self.registry), authorize)
         except OSError as exc:
             log.error("metrics endpoint %s:%s not started: %s (the gateway serves without it)", host, port, exc)
             return None
@@ -139,3 +143,40 @@ class Metrics:
         if self._provider is not None:
             self._provider.shutdown()
             self._provider = None
+
+
+_REASONS = {401: "Unauthorized", 403: "Forbidden"}
+
+
+def _serve_guarded(host: str, port: int, app, authorize: Callable[[str | None], int]):
+    """``app`` (WSGI) on a daemon thread, each request first passed by ``authorize``; returns the server."""
+    import socket
+    import threading
+    from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+    from prometheus_client.exposition import ThreadingWSGIServer
+
+    def guarded(environ, start_response):
+        status = authorize(environ.get("HTTP_AUTHORIZATION"))
+        if status == 200:
+            return app(environ, start_response)
+        reason = _REASONS.get(status, "Forbidden")
+        headers = [("Content-Type", "text/plain; charset=utf-8")]
+        if status == 401:
+            headers.append(("WWW-Authenticate", 'Bearer realm="rerankd metrics"'))
+        start_response(f"{status} {reason}", headers)
+        return [f"{reason}: send 'Authorization: Bearer <key>' with a key holding the 'metrics' or "
+                "'admin' scope\n".encode()]
+
+    family, _, _, _, sockaddr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+
+    class Server(ThreadingWSGIServer):
+        address_family = family
+
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, *args) -> None:  # scrapes are not news
+            pass
+
+    httpd = make_server(sockaddr[0], port, guarded, Server, handler_class=Quiet)
+    threading.Thread(target=httpd.serve_forever, name="metrics-http", daemon=True).start()
+    return httpd

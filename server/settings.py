@@ -24,6 +24,11 @@ class ServerSettings:
     port: int = 50051
     # Admission control: requests in flight beyond this fail fast with RESOURCE_EXHAUSTED.
     max_in_flight: int = 256
+    # Load shedding: a request expected (from recent service times and the work ahead of it)
+    # to take over shed_headroom x the time left to its deadline is refused at once with
+    # RESOURCE_EXHAUSTED instead of queueing (no caller deadline: default_timeout_s).
+    load_shedding: bool = True
+    shed_headroom: float = 0.9
     max_candidates: int = 1000
     max_events_per_call: int = 1000
     max_items_per_call: int = 1000
@@ -57,6 +62,19 @@ class TritonSettings:
     metrics_port: int = 8002
     # How often the gateway checks model readiness / new versions (seconds).
     poll_interval_s: float = 1.0
+    # `rerankd triton` / `serve --with-triton`: when tritonserver exits unexpectedly, start it
+    # again on the same ports (after killing its backend stubs), with capped backoff.
+    restart_on_exit: bool = True
+    restart_backoff_s: float = 1.0
+    restart_backoff_max_s: float = 30.0
+    # TLS on the gateway's channel to Triton (a remote Triton started with --grpc-use-ssl):
+    # on when ``tls`` is true or any tls_* file is set. ``tls_ca`` (PEM) verifies Triton's
+    # certificate (empty: the system roots); ``tls_cert`` + ``tls_key`` are the gateway's
+    # client certificate, for a Triton with --grpc-use-ssl-mutual.
+    tls: bool = False
+    tls_ca: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
 
 
 @dataclass
@@ -106,13 +124,32 @@ class ResilienceSettings:
     # slow for the deadline): "degrade" answers OK with the fallback order, flagged degraded;
     # "fail" answers with the error status.
     on_model_failure: str = "degrade"
+    # Degrade only: inference gets the request's remaining budget minus this reserve (ms), so
+    # a slow Triton leaves time for the fallback order and the reply before the deadline.
+    deadline_reserve_ms: float = 50.0
+    # Degrade only: the circuit breaker opens after this many consecutive failed or timed-out
+    # inference calls (requests then take the fallback at once) and lets one probe request
+    # through after breaker_open_s.
+    breaker_failures: int = 5
+    breaker_open_s: float = 1.0
 
 
 @dataclass
 class SecuritySettings:
     # API keys (hashed, with scopes); empty: every RPC is open (fine on 127.0.0.1 only).
+    # The file holds JSON lines {"name", "sha256", "scopes"} (`rerankd keys new` appends one)
+    # and is re-read when it changes, so keys rotate without a restart.
     api_keys_file: str = ""
-    # Server certificate and key (PEM) turn TLS on; a client CA turns on mTLS.
+    # More keys, fixed for the process: "name:sha256hex:scope1|scope2,...".
+    api_keys: str = ""
+    # How often the keys file is checked for changes (seconds).
+    api_keys_reload_interval_s: float = 1.0
+    # With keys configured, health checks and server reflection stay open unless set false
+    # (then they need a valid key, of any scope).
+    open_health: bool = True
+    open_reflection: bool = True
+    # Server certificate and key (PEM) turn TLS on; a client CA turns on mTLS (clients must
+    # present a certificate it signed). Checked at start (server.api.tls).
     tls_cert: str = ""
     tls_key: str = ""
     tls_client_ca: str = ""

@@ -5,6 +5,8 @@ mode=opentelemetry``) land in the same trace.
 
 The provider is owned by this object (not the process-global one) and built from
 settings; with ``traces = "none"`` every call is a no-op.
+
+User ids never go into a span: ``tag_user`` records the keyed hash (``server.privacy``).
 """
 
 from __future__ import annotations
@@ -20,15 +22,20 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from server.privacy import UserIdHasher
+
 _PROPAGATOR = TraceContextTextMapPropagator()
 EXPORTERS = ("none", "console")
+USER_ATTRIBUTE = "rerank.user"  # the keyed hash of the user id, never the id
 
 
 class Telemetry:
-    def __init__(self, exporter: str = "none", service_name: str = "rerankd"):
+    def __init__(self, exporter: str = "none", service_name: str = "rerankd", *, user_id_hash_key: str = ""):
         if exporter not in EXPORTERS:
             raise ValueError(f"unknown trace exporter {exporter!r} (expected one of {EXPORTERS})")
         self.enabled = exporter != "none"
+        # What stands for a user id in spans and log lines (``privacy.user_id_hash_key``).
+        self.user_ref = UserIdHasher(user_id_hash_key)
         if self.enabled:
             self._provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
             # Batched: exporting never sits on a request's path.
@@ -49,6 +56,11 @@ class Telemetry:
         if self.enabled:
             _PROPAGATOR.inject(carrier)
         return carrier
+
+    def tag_user(self, user_id: str) -> None:
+        """Mark the current span with the user's keyed hash (nothing for an empty id)."""
+        if self.enabled and user_id:
+            trace.get_current_span().set_attribute(USER_ATTRIBUTE, self.user_ref(user_id))
 
     def record_stages(self, stages: Mapping[str, tuple[float, float]]) -> None:
         """Child spans of the current span for stages timed with ``time.perf_counter``."""

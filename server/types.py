@@ -67,6 +67,13 @@ class RerankResponse:
     timings_ms: dict[str, float]
     request_id: str = ""
     filtered: list[tuple[str, str]] = field(default_factory=list)
+    # Why the model did not score this reply (``server.core.fallback.REASONS``); empty: it did.
+    degraded_reason: str = ""
+
+    @property
+    def degraded(self) -> bool:
+        """The order is the fallback (``degraded_reason`` says why), not the model's."""
+        return bool(self.degraded_reason)
 
 
 EVENT_TYPES = ("view", "click", "add_to_cart", "purchase", "rating")

@@ -10,13 +10,19 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from server.api import tls
+from server.api.auth import AuthInterceptor, KeyStore, exposure_warnings
 from server.api.collector import IdleCollector
+from server.api.errors import add_servicer
 from server.api.pb import reranker_pb2 as pb
 from server.api.pb import reranker_pb2_grpc as pb_grpc
 from server.api.servicer import RerankerServicer
+from server.core import breaker as circuit
+from server.core import fallback
 from server.core.admission import Admission
 from server.core.pipeline import Pipeline, PipelineConfig
 from server.core.score_cache import ScoreCache
+from server.errors import InvalidArgument
 from server.features import open_store
 from server.features.cache import ItemCache
 from server.metrics import Metrics
@@ -29,6 +35,8 @@ from server.triton.models import ModelWatcher
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Reranker"].full_name
+# Health of full service (the model scoring), apart from the service's own (see _set_health).
+MODEL_HEALTH_NAME = f"{SERVICE_NAME}/model"
 
 
 def pipeline_config(settings: Settings) -> PipelineConfig:
@@ -41,7 +49,15 @@ def pipeline_config(settings: Settings) -> PipelineConfig:
         history_in_text=s.model.history_in_text,
         default_timeout_s=s.server.default_timeout_s,
         event_weights=parse_weights(s.model.event_weights),
+        on_model_failure=_on_model_failure(s.resilience.on_model_failure),
+        deadline_reserve_s=s.resilience.deadline_reserve_ms / 1000.0,
     )
+
+
+def _on_model_failure(value: str) -> str:
+    if value not in ("degrade", "fail"):
+        raise InvalidArgument(f"expected degrade or fail, got {value!r}", field="resilience.on_model_failure")
+    return value
 
 
 class Gateway:
@@ -49,25 +65,40 @@ class Gateway:
 
     def __init__(self, settings: Settings):
         self.settings = settings
+        # TLS files are checked first: a bad one fails start-up naming its setting.
+        self.server_credentials = tls.server_credentials(settings.security)
+        triton_credentials = tls.triton_credentials(settings.triton)
         self.store = open_store(settings.store.url, history_len=settings.store.history_len)
-        self.scorer = TritonScorer(settings.triton.url)
+        self.scorer = TritonScorer(settings.triton.url, triton_credentials)
         self.models = ModelWatcher(self.scorer, settings.triton.model_repository,
                                    settings.triton.model_name,
                                    pinned_version=settings.triton.model_version)
         self.rules = RulesProvider(settings.rules.path or None)
-        self.telemetry = Telemetry(settings.telemetry.traces, settings.telemetry.service_name)
+        self.telemetry = Telemetry(settings.telemetry.traces, settings.telemetry.service_name,
+                                   user_id_hash_key=settings.privacy.user_id_hash_key)
         self.item_cache = ItemCache(self.store, settings.store.item_cache_size,
                                     ttl_s=settings.store.item_cache_ttl_s or None)
         self.pipeline = Pipeline(pipeline_config(settings), self.store, self.scorer, self.models,
                                  Admission(settings.server.max_in_flight,
-                                           backlog=lambda: self.scorer.abandoned_calls), items=self.item_cache,
+                                           backlog=lambda: self.scorer.abandoned_calls,
+                                           shed=settings.server.load_shedding,
+                                           headroom=settings.server.shed_headroom), items=self.item_cache,
                                  score_cache=ScoreCache(settings.server.score_cache_size),
-                                 rules=self.rules, telemetry=self.telemetry)
+                                 rules=self.rules, telemetry=self.telemetry,
+                                 breaker=circuit.CircuitBreaker(settings.resilience.breaker_failures,
+                                                                settings.resilience.breaker_open_s))
+        self._served_once = False  # a model version was ready at some point (health, degraded mode)
         self.metrics = Metrics(settings.telemetry.metrics_port > 0, settings.telemetry.service_name)
         self._register_metrics()
         self.metrics_port: int | None = None
         self.health = health.aio.HealthServicer()
-        self.server = grpc.aio.server(options=[
+        # API keys (None: none configured, every RPC open, no interceptor on the request path).
+        sec = settings.security
+        self.api_keys = KeyStore.from_settings(sec)
+        interceptors = ([AuthInterceptor(self.api_keys, open_health=sec.open_health,
+                                         open_reflection=sec.open_reflection, metrics=self.metrics)]
+                        if self.api_keys is not None else [])
+        self.server = grpc.aio.server(interceptors=interceptors, options=[
             ("grpc.max_receive_message_length", 16 * 1024 * 1024),
         ])
         self.port: int | None = None
@@ -78,21 +109,30 @@ class Gateway:
 
     async def start(self) -> int:
         """Bind and start serving; returns the bound port (useful with port 0)."""
-        pb_grpc.add_RerankerServicer_to_server(RerankerServicer(self.pipeline, self.telemetry, self.metrics),
-                                               self.server)
+        # A body that does not parse is INVALID_ARGUMENT (grpc alone would answer UNKNOWN).
+        add_servicer(pb_grpc.add_RerankerServicer_to_server,
+                     RerankerServicer(self.pipeline, self.telemetry, self.metrics), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
              reflection.SERVICE_NAME), self.server)
         await self._set_health()
+        for warning in exposure_warnings(self.settings.server.host, keys=self.api_keys is not None,
+                                         tls=bool(self.settings.security.tls_cert),
+                                         metrics_host=(self.settings.telemetry.metrics_host
+                                                       if self.settings.telemetry.metrics_port > 0 else None)):
+            log.warning("%s", warning)
         address = f"{self.settings.server.host}:{self.settings.server.port}"
-        self.port = self.server.add_insecure_port(address)
+        self.port = (self.server.add_secure_port(address, self.server_credentials)
+                     if self.server_credentials is not None else self.server.add_insecure_port(address))
         if not self.port:
             raise RuntimeError(f"cannot bind {address}")
         await self.server.start()
         tel = self.settings.telemetry
         if tel.metrics_port > 0:
-            self.metrics_port = self.metrics.serve(tel.metrics_host, tel.metrics_port)
+            # With API keys, scrapes need one with the ``metrics`` (or ``admin``) scope.
+            self.metrics_port = self.metrics.serve(tel.metrics_host, tel.metrics_port,
+                                                   authorize=self.api_keys.http_check if self.api_keys else None)
         await self.models.refresh()
         await self._set_health()
         # Full garbage collections only when idle (or overdue): see server.api.collector.
@@ -123,12 +163,25 @@ class Gateway:
         m.observe("rerankd.in_flight", lambda: p.admission.in_flight, description="Requests in the pipeline now")
         m.observe("rerankd.admission.rejected", lambda: p.admission.rejected, kind="counter",
                   description="Requests refused at the in-flight limit (RESOURCE_EXHAUSTED)")
+        m.observe("rerankd.admission.shed", lambda: p.admission.shed, kind="counter",
+                  description="Requests refused because the queue would make them miss their deadline "
+                              "(RESOURCE_EXHAUSTED)")
+        m.observe("rerankd.admission.expected_ms", p.admission.expected_ms,
+                  description="Expected service time of a request admitted now (load shedding's estimate)")
         m.observe("rerankd.triton.open_calls", lambda: self.scorer.open_calls,
                   description="Inference calls open on the channel to Triton")
         m.observe("rerankd.triton.abandoned_calls", lambda: self.scorer.abandoned_calls,
                   description="Inference calls past their caller's deadline, still running in Triton")
         m.observe("rerankd.model.serving", self._serving,
                   description="1 with the served model version as labels; 0 while no version is ready")
+        m.observe("rerankd.rerank.degraded",
+                  lambda: [(p.degraded.get(r, 0), {"reason": r}) for r in fallback.REASONS], kind="counter",
+                  description="Rerank replies answered with the fallback order (degraded), by reason")
+        m.observe("rerankd.breaker.state",
+                  lambda: [(float(p.breaker.state == s), {"state": s}) for s in circuit.STATES],
+                  description="The circuit breaker in front of Triton: 1 for its current state")
+        m.observe("rerankd.breaker.opened", lambda: p.breaker.transitions[circuit.OPEN], kind="counter",
+                  description="Times the circuit breaker opened (failed probes included)")
 
     def _serving(self) -> list[tuple[float, dict[str, str]]]:
         current = self.models.current  # read once: the watcher may swap it meanwhile
@@ -137,10 +190,19 @@ class Gateway:
         return [(1.0, {"model": current.name, "version": current.version})]
 
     async def _set_health(self) -> None:
-        status = (health_pb2.HealthCheckResponse.SERVING if self.models.current is not None
-                  else health_pb2.HealthCheckResponse.NOT_SERVING)
+        """``""`` and the service: SERVING while Rerank answers OK. In degrade mode that is from
+        the first time a model version is ready on (outages then answer degraded); with
+        ``fail`` it follows model readiness. ``<service>/model``: SERVING only at full service
+        (a version ready and the circuit breaker closed)."""
+        ready = self.models.current is not None
+        self._served_once |= ready
+        degrade = self.settings.resilience.on_model_failure == "degrade"
+        up, down = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+        status = up if (self._served_once if degrade else ready) else down
         for name in ("", SERVICE_NAME):
             await self.health.set(name, status)
+        full = ready and self.pipeline.breaker.state == circuit.CLOSED
+        await self.health.set(MODEL_HEALTH_NAME, up if full else down)
 
     async def _watch_models(self) -> None:
         while True:

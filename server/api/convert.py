@@ -48,6 +48,9 @@ def explanation(e: Explanation | None):
 def rerank_response(resp: RerankResponse):
     out = pb.RerankResponse(model_name=resp.model_name, model_version=resp.model_version,
                             request_id=resp.request_id)
+    if resp.degraded_reason:
+        out.degraded = True
+        out.degraded_reason = resp.degraded_reason
     # items.add(...) builds each message in place: ~40% cheaper than a list of messages.
     add = out.items.add
     sf = SCORED_FROM

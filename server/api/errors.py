@@ -12,7 +12,7 @@ import uuid
 import grpc
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from server.errors import RerankdError
+from server.errors import InvalidArgument, RerankdError
 
 log = logging.getLogger(__name__)
 
@@ -22,8 +22,61 @@ STATUS_BY_NAME: dict[str, grpc.StatusCode] = {
     "RESOURCE_EXHAUSTED": grpc.StatusCode.RESOURCE_EXHAUSTED,
     "UNAVAILABLE": grpc.StatusCode.UNAVAILABLE,
     "DEADLINE_EXCEEDED": grpc.StatusCode.DEADLINE_EXCEEDED,
+    "UNAUTHENTICATED": grpc.StatusCode.UNAUTHENTICATED,
+    "PERMISSION_DENIED": grpc.StatusCode.PERMISSION_DENIED,
     "INTERNAL": grpc.StatusCode.INTERNAL,
 }
+
+
+def status_code_of(exc: RerankdError) -> grpc.StatusCode:
+    """The gRPC status of a typed error (INTERNAL for a status the table lacks)."""
+    return STATUS_BY_NAME.get(exc.status, grpc.StatusCode.INTERNAL)
+
+
+class MalformedRequest:
+    """What a request body that does not parse as its message deserializes to (see
+    ``add_servicer``); ``grpc_errors`` answers it INVALID_ARGUMENT."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: str):
+        self.error = error
+
+
+def _tolerant(parse):
+    def deserialize(data: bytes):
+        try:
+            return parse(data)
+        except Exception as exc:  # DecodeError: truncated, bad wire type, invalid UTF-8...
+            return MalformedRequest(f"request body is not a valid message ({type(exc).__name__}: {exc})")
+
+    return deserialize
+
+
+class _Capture:
+    """Stands in for the server while a generated ``add_*Servicer_to_server`` registers."""
+
+    def __init__(self):
+        self.service = ""
+        self.handlers: dict = {}
+
+    def add_generic_rpc_handlers(self, handlers) -> None:
+        pass
+
+    def add_registered_method_handlers(self, service: str, handlers: dict) -> None:
+        self.service, self.handlers = service, handlers
+
+
+def add_servicer(add_to_server, servicer, server: grpc.aio.Server) -> None:
+    """Register ``servicer`` as ``add_to_server`` (a generated ``add_*Servicer_to_server``)
+    would, but with request parsing that cannot fail: grpc's own answer to an undecodable
+    body is UNKNOWN, raised before any servicer code runs; this makes it INVALID_ARGUMENT."""
+    capture = _Capture()
+    add_to_server(servicer, capture)
+    handlers = {name: h._replace(request_deserializer=_tolerant(h.request_deserializer))
+                for name, h in capture.handlers.items()}
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(capture.service, handlers),))
+    server.add_registered_method_handlers(capture.service, handlers)
 
 
 def request_id_of(context: grpc.aio.ServicerContext) -> str:
@@ -58,6 +111,8 @@ def grpc_errors(method):
                 context=telemetry.extract(context.invocation_metadata())) as span:
             span.set_attribute("rerank.request_id", request_id)
             try:
+                if type(request) is MalformedRequest:
+                    raise InvalidArgument(request.error, field="request")
                 result = await method(self, request, context, request_id)
             except RerankdError as exc:
                 span.set_status(Status(StatusCode.ERROR, exc.status))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 import grpc
@@ -14,6 +15,8 @@ from server.core.pipeline import Pipeline
 from server.metrics import Metrics
 from server.telemetry import Telemetry
 
+log = logging.getLogger(__name__)
+
 
 class RerankerServicer(pb_grpc.RerankerServicer):
     def __init__(self, pipeline: Pipeline, telemetry: Telemetry, metrics: Metrics | None = None):
@@ -25,6 +28,7 @@ class RerankerServicer(pb_grpc.RerankerServicer):
     async def Rerank(self, request, context: grpc.aio.ServicerContext, request_id: str):
         t0 = time.perf_counter()
         req = convert.rerank_request(request, request_id=request_id, timeout_s=context.time_remaining())
+        self.telemetry.tag_user(req.user_id)
         result = await self.pipeline.rerank(req)
         self.metrics.stages(result.timings_ms)
         resp = convert.rerank_response(result)
@@ -43,3 +47,13 @@ class RerankerServicer(pb_grpc.RerankerServicer):
         upserted, deleted = await self.pipeline.upsert_items(convert.items(request),
                                                              list(request.delete_item_ids))
         return pb.UpsertItemsResponse(upserted=upserted, deleted=deleted)
+
+    @grpc_errors
+    async def ForgetUser(self, request, context: grpc.aio.ServicerContext, request_id: str):
+        """Scope ``admin`` (checked by the API-key layer, not here)."""
+        self.telemetry.tag_user(request.user_id)
+        events, cached = await self.pipeline.forget_user(request.user_id)
+        # An audit line: the keyed hash stands for the user, never the id itself.
+        log.info("ForgetUser %s: %d events and %d cached scores removed (request id %s)",
+                 self.telemetry.user_ref(request.user_id), events, cached, request_id)
+        return pb.ForgetUserResponse(events_removed=events, cached_scores_removed=cached)

@@ -1,12 +1,19 @@
 """The request pipeline: resolve -> gather features -> score (render, tokenize, infer) -> rank.
 
 Transport-free: takes and returns ``server.types`` objects and raises ``server.errors``.
+
+Degraded mode (``PipelineConfig.on_model_failure = "degrade"``): when the model cannot score a
+request (no ready version, Triton down or failing, the circuit breaker open, or no answer
+within the request's budget), ``_score`` hands ``_rank`` the fallback column instead
+(``server.core.fallback``) and the reply carries the reason. With ``"fail"`` those cases raise
+as before and the breaker is not consulted.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -15,11 +22,18 @@ import numpy as np
 
 from contract.calibration import apply_text_offset
 from contract.render import Renderer
+from server.core import fallback
 from server.core.admission import Admission
+from server.core.breaker import CircuitBreaker
 from server.core.score_cache import ScoreCache
 from server.core.stages import Features, Plan, Ranking, Scores
-from server.core.validate import validate_events, validate_items, validate_rerank
-from server.errors import DeadlineExceeded
+from server.core.validate import (
+    validate_events,
+    validate_forget,
+    validate_items,
+    validate_rerank,
+)
+from server.errors import DeadlineExceeded, InferenceFailed, Unavailable
 from server.rules import (
     RuleCandidate,
     RuleSet,
@@ -40,7 +54,10 @@ from server.types import (
 
 
 class InferenceClient(Protocol):
-    """Scores encoded pairs on a served model version (``server.triton.client.TritonScorer``)."""
+    """Scores encoded pairs on a served model version (``server.triton.client.TritonScorer``).
+
+    Optionally ``reachable``: False while Triton cannot be reached (a degraded reply without a
+    ready model then says ``triton_unavailable`` instead of ``model_not_ready``)."""
 
     async def score(self, batch, spec, version: str, timeout_s: float | None = None,
                     headers: dict[str, str] | None = None) -> np.ndarray: ...
@@ -59,6 +76,14 @@ class PipelineConfig:
     history_in_text: int = 10
     default_timeout_s: float = 10.0
     event_weights: dict[str, float] = field(default_factory=dict)
+    # When the model cannot score: "degrade" (fallback order, reply flagged) or "fail" (error status).
+    on_model_failure: str = "degrade"
+    # Degrade only: inference stops waiting this long before the deadline (fallback + reply).
+    deadline_reserve_s: float = 0.05
+
+    def __post_init__(self) -> None:
+        if self.on_model_failure not in ("degrade", "fail"):
+            raise ValueError(f"on_model_failure must be 'degrade' or 'fail', not {self.on_model_failure!r}")
 
 
 class _Stopwatch:
@@ -119,7 +144,8 @@ class Pipeline:
 
     def __init__(self, config: PipelineConfig, store, scorer: InferenceClient, models: ModelSource,
                  admission: Admission | None = None, items=None, score_cache: ScoreCache | None = None,
-                 rules: RulesProvider | None = None, telemetry: Telemetry | None = None):
+                 rules: RulesProvider | None = None, telemetry: Telemetry | None = None,
+                 breaker: CircuitBreaker | None = None):
         self.config = config
         self.telemetry = telemetry or Telemetry("none")
         # Business rules (server.rules); without a file: the empty default set (model order).
@@ -133,6 +159,11 @@ class Pipeline:
         self.models = models
         self.admission = admission or Admission(256)
         self._versions: dict[tuple[str, str], _Version] = {}
+        self._degrade = config.on_model_failure == "degrade"
+        self.breaker = breaker or CircuitBreaker()
+        self._unblended = fallback.Unblended()
+        self.degraded: Counter[str] = Counter()  # reason -> degraded replies (read by metrics)
+        self._last_model = ("", "")  # (name, version) last served: named in degraded replies
 
     def _version(self, model) -> _Version:
         """The pipeline's state for the served version, built once per loaded model."""
@@ -145,8 +176,17 @@ class Pipeline:
         return hit
 
     async def rerank(self, req: RerankRequest) -> RerankResponse:
-        with self.admission.slot():
-            return await self._rerank(req)
+        # Without a caller deadline the default timeout bounds the queueing too.
+        budget_s = req.timeout_s if req.timeout_s is not None else self.config.default_timeout_s
+        if self._degrade:  # the model gets the budget less the fallback's reserve
+            budget_s -= self.config.deadline_reserve_s
+        with self.admission.slot(budget_s) as slot:
+            resp = await self._rerank(req)
+            # Model-scored replies teach the wait estimate, and so do fallbacks for want of time
+            # (the model's time was at least the budget); a fast fallback (Triton down) does not.
+            slot.scored = not resp.degraded
+            slot.late = resp.degraded_reason == fallback.DEADLINE
+            return resp
 
     async def _rerank(self, req: RerankRequest) -> RerankResponse:
         watch = _Stopwatch()
@@ -157,20 +197,35 @@ class Pipeline:
         watch.stages["total"] = watch.elapsed_s() * 1000.0
         self.telemetry.record_stages(watch.spans)
         model = plan.model
-        return RerankResponse(items=ranking.items, model_name=model.name, model_version=model.version,
+        name, version = (model.name, model.version) if model is not None else self._last_model
+        if scores.degraded:
+            self.degraded[scores.degraded] += 1
+        return RerankResponse(items=ranking.items, model_name=name, model_version=version,
                               timings_ms=watch.stages, request_id=req.request_id,
-                              filtered=ranking.filtered if req.explain else [])
+                              filtered=ranking.filtered if req.explain else [],
+                              degraded_reason=scores.degraded)
 
     def _resolve(self, req: RerankRequest, watch: _Stopwatch) -> Plan:
         """Validate, then fix the rule set and model version before any work: an unknown rule
-        set, a forbidden override or no ready model fails fast. Timed as ``validate``."""
+        set or a forbidden override fails fast, and so does no ready model unless degraded
+        mode plans the fallback. Timed as ``validate``."""
         validate_rerank(req, max_candidates=self.config.max_candidates)
         ruleset = self.rules.get(req.rule_set)
         if req.rule_overrides:
             ruleset = apply_overrides(ruleset, req.rule_overrides)
-        version = self._version(self.models.require())
         budget_s = req.timeout_s if req.timeout_s is not None else self.config.default_timeout_s
-        plan = Plan(version.model, version.with_blend(ruleset), version.renderer, budget_s)
+        try:
+            model = self.models.require()
+        except Unavailable:
+            if not self._degrade:
+                raise
+            reachable = getattr(self.scorer, "reachable", True)
+            plan = Plan(None, ruleset, None, budget_s,
+                        fallback.MODEL_NOT_READY if reachable else fallback.TRITON_UNAVAILABLE)
+        else:
+            version = self._version(model)
+            self._last_model = (model.name, model.version)
+            plan = Plan(model, version.with_blend(ruleset), version.renderer, budget_s)
         watch.mark("validate")
         return plan
 
@@ -184,7 +239,8 @@ class Pipeline:
         if not history_ids:  # cold start: the caller's session items stand in for history
             history_ids = _unique(req.context.session_item_ids)
         # The served version's own render options (item-ID tokens, history length): its manifest.
-        history_ids = history_ids[:plan.renderer.history_items(cfg.history_in_text)]
+        renderer = plan.renderer  # None when degraded before any I/O: nothing is rendered
+        history_ids = history_ids[:renderer.history_items(cfg.history_in_text) if renderer else cfg.history_in_text]
         found = await self.items.get_items(_unique(history_ids + [c.item_id for c in req.candidates]))
         history = [found[i] for i in history_ids if i in found]
         # Policy for items not in the catalog: scored from the candidate's inline text if it
@@ -202,7 +258,10 @@ class Pipeline:
 
     async def _score(self, req: RerankRequest, plan: Plan, features: Features, watch: _Stopwatch) -> Scores:
         """The model score of each scoreable candidate: from the score cache, else rendered,
-        tokenized (timed as ``tokenize``) and inferred (timed as ``infer``)."""
+        tokenized (timed as ``tokenize``) and inferred (timed as ``infer``). In degraded mode,
+        when the model cannot answer: the fallback column (``_fallback``)."""
+        if plan.degraded:
+            return self._fallback(req, features, plan.degraded, watch)
         model, renderer = plan.model, plan.renderer
         user_text = renderer.user(features.history, req.context.text,
                                   max_items=renderer.history_items(self.config.history_in_text))
@@ -215,16 +274,24 @@ class Pipeline:
         todo = [k for k, s in enumerate(scores) if s is None]
         every = len(todo) == len(scores)  # no cache hit: skip the per-item index juggling
         todo_texts = item_texts if every else [item_texts[k] for k in todo]
-        batch = model.tokenizer.encode(user_text, todo_texts) if todo else None
-        watch.mark("tokenize")
-
-        if batch is not None:
-            remaining = plan.budget_s - watch.elapsed_s()
-            if remaining <= 0:
-                raise DeadlineExceeded("deadline passed before inference")
-            fresh = await self.scorer.score(batch, model.spec, model.version, timeout_s=remaining,
-                                            headers=self.telemetry.headers())
-            self.score_cache.store(model.version, user_text, todo_texts, fresh)
+        if not todo:
+            watch.mark("tokenize")
+        else:
+            # Only pairs the cache lacks need the model: a request the cache answers is served
+            # in full even while the circuit is open.
+            if self._degrade and not self.breaker.allow():
+                return self._fallback(req, features, fallback.CIRCUIT_OPEN, watch)
+            try:
+                batch = model.tokenizer.encode(user_text, todo_texts)
+                watch.mark("tokenize")
+                fresh, reason = await self._infer(batch, plan, watch)
+            except BaseException:  # no verdict on Triton: the caller went away, or a bug
+                if self._degrade:
+                    self.breaker.release()
+                raise
+            if reason:
+                return self._fallback(req, features, reason, watch)
+            self.score_cache.store(model.version, user_text, todo_texts, fresh, owner=req.user_id)
             if every:
                 scores = fresh.tolist()
             else:
@@ -243,12 +310,51 @@ class Pipeline:
         watch.mark("infer")
         return Scores(scores, scored_from)
 
+    async def _infer(self, batch, plan: Plan, watch: _Stopwatch) -> tuple[np.ndarray | None, str]:
+        """The model's scores for ``batch`` and "", or (degraded mode) None and the reason the
+        model could not give them, each outcome reported to the circuit breaker. Degraded mode
+        stops waiting ``deadline_reserve_s`` before the deadline, so the fallback still makes it."""
+        remaining = plan.budget_s - watch.elapsed_s()
+        if remaining <= 0:  # the caller has gone: no reply reaches it, degraded or not
+            raise DeadlineExceeded("deadline passed before inference")
+        model, headers = plan.model, self.telemetry.headers()
+        if not self._degrade:
+            return await self.scorer.score(batch, model.spec, model.version, timeout_s=remaining,
+                                           headers=headers), ""
+        budget = remaining - self.config.deadline_reserve_s
+        if budget <= 0:  # too little time left to ask the model: no verdict on Triton
+            self.breaker.release()
+            return None, fallback.DEADLINE
+        try:
+            fresh = await self.scorer.score(batch, model.spec, model.version, timeout_s=budget, headers=headers)
+        except DeadlineExceeded:
+            reason = fallback.DEADLINE
+        except InferenceFailed as exc:
+            reason = fallback.TRITON_UNAVAILABLE if exc.unreachable else fallback.TRITON_ERROR
+        except Unavailable:
+            reason = fallback.TRITON_UNAVAILABLE
+        else:
+            self.breaker.success()
+            return fresh, ""
+        self.breaker.failure()
+        return None, reason
+
+    def _fallback(self, req: RerankRequest, features: Features, reason: str, watch: _Stopwatch) -> Scores:
+        """The fallback column in place of the model's (``server.core.fallback``). The model
+        read nothing, so every ``scored_from`` is unspecified. Timed as ``fallback``."""
+        per_candidate = fallback.fallback_scores(req.candidates)
+        positions = features.positions
+        column = per_candidate if positions is None else [per_candidate[i] for i in positions]
+        watch.mark("fallback")
+        return Scores(column, [ScoredFrom.UNSPECIFIED] * len(req.candidates), reason)
+
     def _rank(self, req: RerankRequest, plan: Plan, features: Features, scores: Scores,
               watch: _Stopwatch) -> Ranking:
         """Blend, apply the rules and order. A rule set that can only blend and sort (the
         default) ranks the request's columns; any other goes through the rules engine, one
         ``RuleCandidate`` per candidate. Timed as ``rules``."""
-        ruleset = plan.ruleset
+        # Degraded: the fallback order, then the rules, without a blend (see server.core.fallback).
+        ruleset = self._unblended(plan.ruleset) if scores.degraded else plan.ruleset
         ranked = None
         if not req.explain and orders_by_score_only(ruleset):  # the default: blend and sort
             ranked = self._rank_columns(ruleset, req, features.positions, scores)
@@ -293,6 +399,15 @@ class Pipeline:
     async def record_events(self, events: Sequence[Event]) -> RecordResult:
         validate_events(events, now=time.time(), max_events=self.config.max_events_per_call)
         return await self.store.record_events(events)
+
+    async def forget_user(self, user_id: str) -> tuple[int, int]:
+        """Erase the user's events from the store, then the scores this gateway cached under
+        the user's texts (see ``ScoreCache.forget``: other gateways' caches are not reached).
+        Returns (events removed, cached scores removed); a repeat returns (0, 0). A Rerank of
+        the user already in flight may cache scores again afterwards; a repeat drops them."""
+        validate_forget(user_id)
+        events = await self.store.forget_user(user_id)
+        return events, self.score_cache.forget(user_id)
 
     async def upsert_items(self, items: Sequence[Item], delete_ids: Sequence[str]) -> tuple[int, int]:
         validate_items(items, delete_ids, max_items=self.config.max_items_per_call)

@@ -18,10 +18,13 @@ from server.types import Event, Item, ScoredFrom, ScoredItem
 class Plan:
     """What the request runs against, fixed before any I/O (``Pipeline._resolve``)."""
 
-    model: object  # the served version (``server.triton.models.ServedModel``)
+    model: object | None  # the served version (``server.triton.models.ServedModel``); None: none ready
     ruleset: RuleSet  # the named set, with the caller's overrides, with the version's blend
-    renderer: Renderer  # the version's renderer
+    renderer: Renderer | None  # the version's renderer (None with the model)
     budget_s: float  # seconds from the request's start to its deadline
+    # Why the model cannot score this request, known before any I/O (no ready version: see
+    # ``server.core.fallback``); empty: try the model.
+    degraded: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,8 +45,11 @@ class Features:
 class Scores:
     """What the model says (``Pipeline._score``)."""
 
-    model: list[float]  # per entry of ``Features.items``: raw score, plus the text offset
+    # Per entry of ``Features.items``: raw score, plus the text offset; when degraded, the
+    # fallback score (``server.core.fallback``).
+    model: list[float]
     scored_from: list[ScoredFrom]  # per candidate: how the model read it (unscored: unspecified)
+    degraded: str = ""  # why the model did not score: the fallback reason; empty: it did
 
 
 @dataclass(frozen=True, slots=True)

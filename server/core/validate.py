@@ -1,4 +1,8 @@
-"""Request validation. Every error names the offending field (with its index)."""
+"""Request validation. Every error names the offending field (with its index).
+
+Messages never echo a user id: they name the field, not the person (item ids, event types
+and such are echoed where that helps).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,9 @@ from server.types import EVENT_TYPES, Event, Item, RerankRequest
 # Event times further ahead than this are clock bugs, not events.
 MAX_CLOCK_SKEW_S = 300.0
 MAX_ID_LEN = 256
+# Override values are parsed as YAML in pure Python on the event loop: bound the work.
+MAX_OVERRIDES = 32
+MAX_OVERRIDE_LEN = 4096
 
 
 def _id_error(value: str) -> str | None:
@@ -36,6 +43,8 @@ def validate_rerank(req: RerankRequest, *, max_candidates: int) -> None:
             f"{len(req.candidates)} candidates exceed the maximum of {max_candidates}", field="candidates")
     if req.top_n < 0:
         raise InvalidArgument("must be >= 0 (0 returns all candidates)", field="top_n")
+    if req.rule_overrides:
+        _check_overrides(req.rule_overrides)
     seen: dict[str, int] = {}
     for i, c in enumerate(req.candidates):
         # The field name is formatted only on error: this loop runs for every candidate.
@@ -49,6 +58,17 @@ def validate_rerank(req: RerankRequest, *, max_candidates: int) -> None:
         seen[c.item_id] = i
         if c.retrieval_score is not None and not math.isfinite(c.retrieval_score):
             raise InvalidArgument("must be a finite number", field=f"candidates[{i}].retrieval_score")
+
+
+def _check_overrides(overrides: dict[str, str]) -> None:
+    if len(overrides) > MAX_OVERRIDES:
+        raise InvalidArgument(f"{len(overrides)} overrides exceed the maximum of {MAX_OVERRIDES}",
+                              field="rule_overrides")
+    for key, value in overrides.items():
+        if len(key) > MAX_ID_LEN:
+            raise InvalidArgument(f"key longer than {MAX_ID_LEN} characters", field="rule_overrides")
+        if len(value) > MAX_OVERRIDE_LEN:
+            raise InvalidArgument(f"value longer than {MAX_OVERRIDE_LEN} characters", field=f"rule_overrides[{key!r}]")
 
 
 def validate_events(events: Sequence[Event], *, now: float, max_events: int) -> None:
@@ -85,3 +105,7 @@ def validate_items(items: Sequence[Item], deletes: Sequence[str], *, max_items: 
         seen.add(it.item_id)
     for i, item_id in enumerate(deletes):
         _check_id(item_id, f"delete_item_ids[{i}]")
+
+
+def validate_forget(user_id: str) -> None:
+    _check_id(user_id, "user_id")

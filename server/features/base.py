@@ -31,6 +31,11 @@ class FeatureStore(Protocol):
     async def recent_events(self, user_id: str, limit: int) -> list[Event]:
         """The user's most recent events, newest first (ties: later-recorded first)."""
 
+    async def forget_user(self, user_id: str) -> int:
+        """Erase everything stored under the user (events, history, the idempotency keys of
+        its events) in one transaction; returns how many events were removed (0 when none:
+        idempotent)."""
+
     async def close(self) -> None:
         """Release connections."""
 

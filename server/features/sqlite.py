@@ -6,6 +6,9 @@ event loop never waits on an fsync. Reads (the hot path: a few indexed lookups p
 request) run inline on a second connection: in WAL mode readers never wait for the writer,
 and a thread hand-off would cost more than the query (measured: p99 0.36 ms vs 0.13 ms
 quiet, 3.9 ms vs 0.02 ms under load). A read after an awaited write sees that write.
+
+Erasure (``forget_user``): ``secure_delete`` zeroes deleted rows in the database file, and a
+checkpoint afterwards truncates the write-ahead log, which still holds earlier page images.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ class SqliteStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.execute("PRAGMA secure_delete=ON")  # deleted rows are overwritten, not left in free pages
         self._db.executescript(_SCHEMA)
         # Used only from the event loop's thread (reads); ":memory:" has a single database.
         self._read = self._db if str(self.path) == ":memory:" else sqlite3.connect(
@@ -142,6 +146,31 @@ class SqliteStore:
 
     async def recent_events(self, user_id: str, limit: int | None = None) -> list[Event]:
         return self._reading(self._recent, user_id, limit or self.history_len)
+
+    def _forget(self, user_id: str) -> int:
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            # The idempotency keys live in the rows, so they go with them.
+            cur = self._db.execute("DELETE FROM events WHERE user_id = ?", (user_id,))
+        return cur.rowcount
+
+    def _truncate_wal(self) -> None:
+        """Best effort: copy the log into the file and empty it. Its own connection, so the
+        writer lock is not held while it waits for readers (other gateway processes)."""
+        db = sqlite3.connect(str(self.path), isolation_level=None)
+        try:
+            db.execute("PRAGMA busy_timeout=1000")
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        except sqlite3.OperationalError:
+            pass  # busy: the log is reused (overwritten) from its start after the next checkpoint
+        finally:
+            db.close()
+
+    async def forget_user(self, user_id: str) -> int:
+        removed = await self._run(self._forget, user_id)
+        if removed and str(self.path) != ":memory:":
+            await asyncio.to_thread(self._truncate_wal)
+        return removed
 
     async def close(self) -> None:
         with self._lock:

@@ -31,13 +31,36 @@ def type_name(v: object) -> str:
     return "null" if v is None else type(v).__name__
 
 
+class _NoAliasLoader(yaml.SafeLoader):
+    """``SafeLoader`` for per-request values, which need neither aliases nor deep nesting:
+    a few hundred bytes of nested ``&a [*a, *a, ...]`` expand into billions of elements once
+    the value is copied or printed (it held a gateway for over a minute), and ``[[[...`` a
+    thousand deep overflowed the composer's recursion (INTERNAL)."""
+
+    max_depth = 32
+    _depth = 0
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed here",
+                                              self.peek_event().start_mark)
+        if self._depth >= self.max_depth:
+            raise yaml.composer.ComposerError(None, None, f"nested deeper than {self.max_depth} levels",
+                                              self.peek_event().start_mark)
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
 def maybe_yaml(value: object, path: str) -> object:
     """Overrides may arrive as strings (a proto ``map<string,string>``): containers are
-    then read as YAML flow text, e.g. ``"[{item_id: a1, position: 1}]"``."""
+    then read as YAML flow text, e.g. ``"[{item_id: a1, position: 1}]"`` (no aliases)."""
     # Only flow collections: a plain string stays a string ("no" must not become False).
     if isinstance(value, str) and value.lstrip()[:1] in ("[", "{"):
         try:
-            return yaml.safe_load(value)
+            return yaml.load(value, Loader=_NoAliasLoader)  # noqa: S506 (a SafeLoader)
         except yaml.YAMLError as exc:
             raise InvalidArgument(f"not valid YAML: {exc}".replace("\n", " "), field=path) from None
     return value

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 
+import grpc
 import numpy as np
 import tritonclient.grpc.aio as grpcclient
 from tritonclient.utils import InferenceServerException
@@ -20,33 +21,57 @@ from tritonclient.utils import InferenceServerException
 from contract.model_spec import ModelSpec
 from contract.shared_prefix import PrefixBatch
 from contract.tokenize import EncodedBatch
-from server.errors import DeadlineExceeded, RerankdError, Unavailable
+from server.errors import DeadlineExceeded, InferenceFailed, RerankdError
+
+# tritonclient's own channel options, plus a short reconnect backoff: gRPC's default grows to
+# 120 s, so after a Triton outage of ~15 s the channel could wait ~10 s more before it tried the
+# restarted server (degraded replies meanwhile). Reconnecting to a local port is cheap.
+_KEEPALIVE = grpcclient.KeepAliveOptions()
+_CHANNEL_ARGS = [
+    ("grpc.max_send_message_length", grpcclient.MAX_GRPC_MESSAGE_SIZE),
+    ("grpc.max_receive_message_length", grpcclient.MAX_GRPC_MESSAGE_SIZE),
+    ("grpc.keepalive_time_ms", _KEEPALIVE.keepalive_time_ms),
+    ("grpc.keepalive_timeout_ms", _KEEPALIVE.keepalive_timeout_ms),
+    ("grpc.keepalive_permit_without_calls", int(_KEEPALIVE.keepalive_permit_without_calls)),
+    ("grpc.http2.max_pings_without_data", _KEEPALIVE.http2_max_pings_without_data),
+    ("grpc.initial_reconnect_backoff_ms", 250),
+    ("grpc.min_reconnect_backoff_ms", 250),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
 
 
 def _translate(exc: InferenceServerException) -> RerankdError:
     # Never DEADLINE_EXCEEDED: calls carry no gRPC deadline (see the module docstring).
     status = str(exc.status() or "")
-    return Unavailable(f"inference failed: {status.removeprefix('StatusCode.')}: {exc.message()}")
+    return InferenceFailed(f"inference failed: {status.removeprefix('StatusCode.')}: {exc.message()}",
+                           unreachable=status == "StatusCode.UNAVAILABLE")
 
 
 class TritonScorer:
     """Scores encoded pairs on a Triton model; splits batches over ``max_batch_size``."""
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, credentials: grpc.ChannelCredentials | None = None):
+        """``credentials``: TLS to Triton (``server.api.tls.triton_credentials``); None: plaintext."""
         self.url = url
-        self._client = grpcclient.InferenceServerClient(url=url)
+        self.tls = credentials is not None
+        self._client = grpcclient.InferenceServerClient(url=url, creds=credentials, channel_args=_CHANNEL_ARGS)
         self._inflight: set[asyncio.Future] = set()
         # Calls whose caller stopped waiting (deadline) while Triton still runs them: work that
         # no request holds, which admission control counts (``Admission(backlog=...)``).
         self._abandoned: set[asyncio.Future] = set()
+        # Whether Triton answered the last model-state check (``ready_versions``): a degraded
+        # reply without a ready model says "triton_unavailable" rather than "model_not_ready".
+        self.reachable = True
 
     async def ready_versions(self, model_name: str) -> list[str]:
         """Versions of ``model_name`` that Triton reports READY (empty if none or unreachable)."""
         try:
             # Bounded: a Triton that is down must not stall the watcher (or start-up).
             index = await self._client.get_model_repository_index(as_json=True, client_timeout=2.0)
-        except InferenceServerException:
+        except InferenceServerException as exc:
+            self.reachable = str(exc.status() or "") != "StatusCode.UNAVAILABLE"
             return []
+        self.reachable = True
         return [m.get("version", "") for m in index.get("models", [])
                 if m.get("name") == model_name and m.get("state") == "READY"]
 

@@ -27,3 +27,48 @@ def test_rerank_prints_whether_each_item_was_read_from_its_token_or_text(capsys)
     _rerank(Stub(), pb, args)
     rows = {line.split()[1]: line.split()[3] for line in capsys.readouterr().out.splitlines()[2:5]}
     assert rows == {"50": "token", "new-1": "text", "ghost": "-"}
+
+
+def test_tls_flags_are_accepted_on_either_side_of_the_subcommand():
+    p = build_parser()
+    after = p.parse_args(["client", "health", "--tls-ca", "ca.pem", "--tls-cert", "c.pem", "--tls-key", "c.key",
+                          "--server-name", "gw"])
+    before = p.parse_args(["client", "--tls-ca", "ca.pem", "--tls-cert", "c.pem", "--tls-key", "c.key",
+                           "--server-name", "gw", "health"])
+    plain = p.parse_args(["client", "rerank", "--user", "1", "--items", "5"])
+    for a in (after, before):
+        assert (a.tls_ca, a.tls_cert, a.tls_key, a.server_name) == ("ca.pem", "c.pem", "c.key", "gw")
+    assert (plain.tls, plain.tls_ca, plain.tls_cert, plain.tls_key) == (False, "", "", "")
+
+
+def test_a_missing_tls_file_is_an_error_naming_the_flag(tmp_path, capsys):
+    import pytest
+
+    from cli.client import _channel
+    from cli.main import main
+    from server.errors import InvalidArgument
+
+    missing = str(tmp_path / "missing.pem")
+    with pytest.raises(InvalidArgument) as err:
+        _channel(build_parser().parse_args(["client", "health", "--tls-ca", missing]))
+    assert err.value.field == "--tls-ca"
+    assert main(["client", "health", "--tls-ca", missing]) == 2
+    assert f"--tls-ca: cannot read {missing}" in capsys.readouterr().err
+
+
+def test_forget_sends_the_user_and_prints_the_counts(capsys):
+    from cli.client import _forget
+    from server.api.pb import reranker_pb2 as pb
+
+    sent = []
+
+    class Stub:
+        def ForgetUser(self, req, timeout):
+            sent.append(req.user_id)
+            return pb.ForgetUserResponse(events_removed=3, cached_scores_removed=12)
+
+    args = build_parser().parse_args(["client", "forget", "user-9"])
+    assert args.client_command == "forget"
+    _forget(Stub(), pb, args)
+    assert sent == ["user-9"]
+    assert capsys.readouterr().out.strip() == "removed 3 events, 12 cached scores"

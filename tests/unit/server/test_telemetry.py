@@ -30,3 +30,16 @@ def test_unknown_exporter_is_rejected():
 
     with pytest.raises(ValueError):
         Telemetry("zipkin")
+
+
+def test_spans_carry_the_users_keyed_hash_never_the_id():
+    tel = Telemetry("console", user_id_hash_key="k")
+    with tel.tracer.start_as_current_span("rpc") as span:
+        tel.tag_user("alice@example.com")
+    attrs = dict(span.attributes)
+    assert attrs["rerank.user"] == tel.user_ref("alice@example.com")
+    assert not any("alice" in str(v) for v in attrs.values())
+    tel.shutdown()
+    off = Telemetry("none")
+    with off.tracer.start_as_current_span("rpc"):
+        off.tag_user("alice")  # disabled: a no-op, no hash computed

@@ -114,7 +114,8 @@ def test_deadline_is_passed_down_and_enforced(tokenizer, tmp_path):
 
 
 def test_no_model_is_unavailable_and_bad_input_is_invalid(tokenizer, tmp_path):
-    pipe, _, _ = make(tokenizer, tmp_path)
+    # on_model_failure="fail": the error statuses (degraded mode: tests/unit/server/core/test_fallback.py).
+    pipe, _, _ = make(tokenizer, tmp_path, on_model_failure="fail")
     with pytest.raises(InvalidArgument):
         run(pipe.rerank(RerankRequest("", (Candidate("a"),))))
     pipe.models.current = None

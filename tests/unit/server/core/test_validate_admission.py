@@ -1,7 +1,12 @@
 import pytest
 
 from server.core.admission import Admission
-from server.core.validate import validate_events, validate_items, validate_rerank
+from server.core.validate import (
+    validate_events,
+    validate_forget,
+    validate_items,
+    validate_rerank,
+)
 from server.errors import InvalidArgument, Overloaded
 from server.types import Candidate, Event, Item, RerankRequest
 
@@ -85,3 +90,33 @@ def test_admission_counts_abandoned_downstream_work_as_taken_slots():
         backlog[0] = 1
         with adm.slot():  # one finished: its slot is free again
             assert adm.in_flight == 2
+
+
+# -- user ids stay out of error messages -------------------------------------------------
+
+PERSON = "alice.smith@example.com"
+LONG_PERSON = PERSON * 20  # over MAX_ID_LEN
+
+
+@pytest.mark.parametrize("call, field", [
+    (lambda: validate_rerank(_req(user_id=LONG_PERSON), max_candidates=10), "user_id"),
+    (lambda: validate_rerank(_req(user_id=PERSON, candidates=()), max_candidates=10), "candidates"),
+    (lambda: validate_events([Event(LONG_PERSON, "a", "view", NOW)], now=NOW, max_events=10),
+     "events[0].user_id"),
+    (lambda: validate_events([Event(PERSON, "a", "nope", NOW)], now=NOW, max_events=10), "events[0].event_type"),
+    (lambda: validate_events([Event(PERSON, "a", "view", NOW + 3600)], now=NOW, max_events=10),
+     "events[0].timestamp"),
+    (lambda: validate_events([Event(PERSON, "", "view", NOW)], now=NOW, max_events=10), "events[0].item_id"),
+    (lambda: validate_forget(""), "user_id"),
+    (lambda: validate_forget("   "), "user_id"),
+    (lambda: validate_forget(LONG_PERSON), "user_id"),
+])
+def test_errors_name_the_field_never_the_user_id(call, field):
+    with pytest.raises(InvalidArgument) as err:
+        call()
+    assert err.value.field == field
+    assert "alice" not in str(err.value) and str(err.value).startswith(field + ": ")
+
+
+def test_forget_accepts_any_nonempty_id():
+    validate_forget(PERSON)

@@ -379,3 +379,91 @@ def test_redis_storage_is_bounded_and_keys_expire(redis_proc, aio):
             await s.close()
 
     aio(body())
+
+
+# -- forgetting a user (ForgetUser) ------------------------------------------------------
+
+
+def test_forget_user_erases_events_and_their_idempotency_keys(backend, aio):
+    store, other_gateway = backend.open(), backend.open()
+
+    async def body():
+        await store.record_events([ev("alice", "a", 1.0, "alice-1"), ev("alice", "b", 2.0, "alice-2"),
+                                   ev("alice", "c", 3.0), ev("bob", "a", 1.0, "bob-1")])
+        assert await store.forget_user("alice") == 3
+        assert await store.recent_events("alice", 10) == []
+        assert await other_gateway.recent_events("alice", 10) == []  # every gateway, at once
+        assert items_of(await store.recent_events("bob", 10)) == ["a"]
+        assert await store.forget_user("alice") == 0  # idempotent
+        assert await other_gateway.forget_user("nobody") == 0
+        # The user's idempotency keys went with the events; other users' stay.
+        assert await store.record_events([ev("alice", "a", 1.0, "alice-1")]) == RecordResult(1, 0)
+        assert await store.record_events([ev("bob", "a", 1.0, "bob-1")]) == RecordResult(0, 1)
+        assert items_of(await other_gateway.recent_events("alice", 10)) == ["a"]
+
+    aio(body())
+
+
+def test_sqlite_forget_leaves_no_trace_in_the_files(tmp_path, aio):
+    path = tmp_path / "store.db"
+    user = "person-7f3c-erase-me"
+
+    async def body():
+        store = SqliteStore(path)
+        try:
+            await store.record_events([ev(user, f"item{i}", float(i), f"{user}-key-{i}") for i in range(50)]
+                                      + [ev("bob", "a", 1.0, "bob-1")])
+            assert await store.forget_user(user) == 50
+            # Read while the store is open: closing the last connection checkpoints anyway.
+            return b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.name.startswith("store.db"))
+        finally:
+            await store.close()
+
+    on_disk = aio(body())
+    assert user.encode() not in on_disk  # rows, index entries and the write-ahead log
+    assert b"bob-1" in on_disk  # ...while the other user's rows are still there
+
+
+def test_redis_forget_leaves_no_key_naming_the_user(redis_proc, aio):
+    async def body():
+        prefix = f"t:{uuid.uuid4().hex[:8]}:"
+        s = RedisStore(redis_proc.url, history_len=2, key_prefix=prefix)
+        try:
+            # Five keyed events, of which the history keeps two: the other three idempotency
+            # keys are found through the user's index, not the history.
+            await s.record_events([ev("alice", f"i{i}", float(i), f"alice-order-{i}") for i in range(5)])
+            await s.record_events([ev("bob", "i0", 1.0, "bob-order-0")])
+            assert any("alice" in k for k in await s._r.keys(prefix + "*"))
+            assert await s.forget_user("alice") == 2  # Redis keeps history_len events per user
+            left = await s._r.keys(prefix + "*")
+            assert not [k for k in left if "alice" in k], left
+            assert f"{prefix}idem:bob-order-0" in left and f"{prefix}ev:bob" in left
+            assert await s.forget_user("alice") == 0
+
+            # Keys recorded before the index existed: found through the history's payloads.
+            await s.record_events([ev("carol", "i1", 1.0, "carol-1")])
+            await s._r.delete(f"{prefix}uidem:carol")
+            assert await s.forget_user("carol") == 1
+            assert not [k for k in await s._r.keys(prefix + "*") if "carol" in k]
+        finally:
+            await s.close()
+
+    aio(body())
+
+
+def test_redis_user_idempotency_index_is_pruned_and_expires(redis_proc, aio):
+    async def body():
+        s = RedisStore(redis_proc.url, key_prefix=f"t:{uuid.uuid4().hex[:8]}:", idempotency_ttl_s=3600)
+        try:
+            await s.record_events([ev("u", "a", 1.0, "k1")])
+            index = f"{s.prefix}uidem:u"
+            assert await s._r.zrange(index, 0, -1) == [f"{s.prefix}idem:k1"]
+            assert 3500 < await s._r.ttl(index) <= 3600
+            # An entry whose key has expired is pruned by the user's next keyed event.
+            await s._r.zadd(index, {f"{s.prefix}idem:old": 1.0})
+            await s.record_events([ev("u", "b", 2.0, "k2")])
+            assert sorted(await s._r.zrange(index, 0, -1)) == [f"{s.prefix}idem:k1", f"{s.prefix}idem:k2"]
+        finally:
+            await s.close()
+
+    aio(body())
