@@ -51,14 +51,14 @@ def launch(repo: Path, db_path: Path, logs: Path, *, max_candidates: int = 1000,
     The score cache is off by default: the suite's repeated requests must reach the model."""
     settings = load_settings(env={})
     inst = ensure_triton(settings.triton.install_dir, log=log)
-    with local_stack(inst, repo, logs,
-                     RERANKD_TRITON_POLL_INTERVAL_S="0.5",
-                     # Metrics on, as a deployed gateway runs (their cost is part of the figures).
-                     RERANKD_TELEMETRY_METRICS_PORT=str(free_port()),
-                     RERANKD_SERVER_MAX_CANDIDATES=str(max_candidates),
-                     RERANKD_SERVER_MAX_IN_FLIGHT="256",
-                     RERANKD_SERVER_SCORE_CACHE_SIZE=str(score_cache_size),
-                     RERANKD_STORE_URL=f"sqlite:///{db_path}", **(env or {})) as ls:
+    settings_env = {"RERANKD_TRITON_POLL_INTERVAL_S": "0.5",
+                    # Metrics on, as a deployed gateway runs (their cost is part of the figures).
+                    "RERANKD_TELEMETRY_METRICS_PORT": str(free_port()),
+                    "RERANKD_SERVER_MAX_CANDIDATES": str(max_candidates),
+                    "RERANKD_SERVER_MAX_IN_FLIGHT": "256",
+                    "RERANKD_SERVER_SCORE_CACHE_SIZE": str(score_cache_size),
+                    "RERANKD_STORE_URL": f"sqlite:///{db_path}", **(env or {})}  # env overrides
+    with local_stack(inst, repo, logs, **settings_env) as ls:
         log(f"==> Triton {ls.triton.grpc_url} + gateway {ls.addr} up (logs in {logs})")
         yield Stack(ls.triton, ls.gateway, ls.addr, repo, logs)
 

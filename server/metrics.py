@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 # Rerank latency buckets (seconds): the gateway's own overhead is milliseconds, a request
 # with Triton tens of milliseconds, overload seconds.
 LATENCY_BUCKETS_S = (0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1.0, 2.5, 10.0)
+REFUSED_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1)
 
 Reading = float | Iterable[tuple[float, Mapping[str, str]]]
 
@@ -38,7 +39,7 @@ class Metrics:
         self.stage_calls: Counter[str] = Counter()
         self._server = None
         self._provider = None
-        self._duration = None
+        self._duration = self._refused = None
         self._broken: set[str] = set()
         if not enabled:
             return
@@ -56,10 +57,15 @@ class Metrics:
         self._provider = MeterProvider(
             metric_readers=[reader], resource=Resource.create({"service.name": service_name}),
             views=[View(instrument_name="rerankd.rerank.duration",
-                        aggregation=ExplicitBucketHistogramAggregation(LATENCY_BUCKETS_S))])
+                        aggregation=ExplicitBucketHistogramAggregation(LATENCY_BUCKETS_S)),
+                   View(instrument_name="rerankd.rerank.refused.duration",
+                        aggregation=ExplicitBucketHistogramAggregation(REFUSED_BUCKETS_S))])
         self.meter = self._provider.get_meter("rerankd")
         self._duration = self.meter.create_histogram(
             "rerankd.rerank.duration", unit="s", description="Rerank latency in the gateway (handler), OK replies")
+        self._refused = self.meter.create_histogram(
+            "rerankd.rerank.refused.duration", unit="s",
+            description="Rerank latency in the gateway (handler) of calls refused with RESOURCE_EXHAUSTED")
         self.meter.create_observable_counter(
             "rerankd.requests", callbacks=[self._observe_requests],
             description="RPCs answered, by method and gRPC status code")
@@ -74,8 +80,11 @@ class Metrics:
     def rpc_done(self, method: str, code: str, seconds: float) -> None:
         """One RPC answered with ``code`` ("OK", "INVALID_ARGUMENT", ...) after ``seconds``."""
         self.requests[(method, code)] += 1
-        if self._duration is not None and code == "OK" and method == "Rerank":
-            self._duration.record(seconds)
+        if self._duration is not None and method == "Rerank":
+            if code == "OK":
+                self._duration.record(seconds)
+            elif code == "RESOURCE_EXHAUSTED":  # load shed or at the in-flight limit: must be fast
+                self._refused.record(seconds)
 
     def stages(self, timings_ms: Mapping[str, float]) -> None:
         """Per-stage times of one Rerank (its ``timings_ms``)."""

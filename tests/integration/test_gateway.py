@@ -108,17 +108,21 @@ def test_callers_short_deadlines_are_deadline_exceeded_and_triton_keeps_serving(
     for k in range(160):  # distinct texts: every request reaches Triton (no score cache hit)
         cands = [pb.Candidate(item_id=f"d{k}-{j}", text=f"late film {k} part {j}") for j in range(40)]
         try:
-            stub.Rerank(pb.RerankRequest(user_id="u-deadline", candidates=cands),
-                        timeout=(0.001, 0.003, 0.006, 0.012)[k % 4])
-            codes.append(grpc.StatusCode.OK)
+            resp = stub.Rerank(pb.RerankRequest(user_id="u-deadline", candidates=cands),
+                               timeout=(0.001, 0.003, 0.006, 0.012)[k % 4])
+            # Degraded mode (the default) answers a call the model cannot serve in time with
+            # the fallback order, when that reply can still make the deadline.
+            codes.append("LATE" if resp.degraded_reason == "deadline" else grpc.StatusCode.OK)
         except grpc.RpcError as e:
             codes.append(e.code())
     # RESOURCE_EXHAUSTED: load shedding refuses a call that abandoned calls still in Triton
     # would make late (server.core.admission).
-    assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.DEADLINE_EXCEEDED,
+    assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.DEADLINE_EXCEEDED, "LATE",
                           grpc.StatusCode.RESOURCE_EXHAUSTED}, set(codes)
-    print("deadline exceeded:", codes.count(grpc.StatusCode.DEADLINE_EXCEEDED), "of", len(codes))
-    assert codes.count(grpc.StatusCode.DEADLINE_EXCEEDED) >= 10  # the calls did run out of time
+    late = codes.count(grpc.StatusCode.DEADLINE_EXCEEDED) + codes.count("LATE")
+    print("deadline exceeded:", codes.count(grpc.StatusCode.DEADLINE_EXCEEDED), "fallback for want of time:",
+          codes.count("LATE"), "of", len(codes))
+    assert late >= 10  # the calls did run out of time
     assert stack.triton.proc.poll() is None, f"Triton exited: see {stack.triton.log_path}"
     assert len(_rerank(stub, "u-deadline", ["m1", "m2"]).items) == 2
 

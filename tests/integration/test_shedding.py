@@ -20,7 +20,7 @@ import pytest
 from server.api.pb import reranker_pb2 as pb
 from server.api.pb import reranker_pb2_grpc as pb_grpc
 from server.triton.launcher import free_port
-from tests.integration.conftest import gateway_process
+from tests.integration.conftest import gateway_process, queue_delay
 from tests.prometheus_text import sample, scrape
 
 pytestmark = pytest.mark.integration
@@ -101,7 +101,10 @@ async def _scenario(addr: str, metrics_port: int) -> dict:
 
 def test_flood_is_shed_fast_admitted_calls_meet_their_deadline_and_service_recovers(stack, tmp_path):
     metrics_port = free_port()
-    with gateway_process(stack.triton, stack.repo, tmp_path / "gw.log", RERANKD_SERVER_SCORE_CACHE_SIZE="0",
+    # No batching window, whatever an earlier test of the session left on its Triton: a window
+    # would make the single calls that size the deadline slow, and the flood's deadline long.
+    with queue_delay(stack.triton, 0), \
+            gateway_process(stack.triton, stack.repo, tmp_path / "gw.log", RERANKD_SERVER_SCORE_CACHE_SIZE="0",
                          RERANKD_TELEMETRY_METRICS_PORT=str(metrics_port),
                          # Degraded mode off: its circuit breaker opens on the flood's first
                          # timeouts and answers with the fallback (its own tests' subject);

@@ -21,6 +21,8 @@ def test_rpcs_stages_and_sources_are_served_as_prometheus_text(metrics):
     metrics.rpc_done("Rerank", "OK", 0.012)
     metrics.rpc_done("Rerank", "OK", 0.030)
     metrics.rpc_done("Rerank", "INVALID_ARGUMENT", 0.001)
+    metrics.rpc_done("Rerank", "RESOURCE_EXHAUSTED", 0.0015)
+    metrics.rpc_done("Rerank", "RESOURCE_EXHAUSTED", 0.008)
     metrics.stages({"tokenize": 0.5, "infer": 20.0})
     metrics.stages({"tokenize": 0.25, "infer": 10.0})
     hits = [3]
@@ -34,6 +36,9 @@ def test_rpcs_stages_and_sources_are_served_as_prometheus_text(metrics):
     assert sample(s, "rerankd_rerank_duration_seconds_count") == 2
     assert sample(s, "rerankd_rerank_duration_seconds_sum") == pytest.approx(0.042)
     assert sample(s, "rerankd_rerank_duration_seconds_bucket", le="0.02") == 1
+    # Refused calls (load shed, in-flight limit) have their own histogram: they must be fast.
+    assert sample(s, "rerankd_rerank_refused_duration_seconds_count") == 2
+    assert sample(s, "rerankd_rerank_refused_duration_seconds_bucket", le="0.005") == 1
     assert sample(s, "rerankd_stage_time_seconds_total", stage="infer") == pytest.approx(0.030)
     assert sample(s, "rerankd_stage_calls_total", stage="tokenize") == 2
     assert sample(s, "rerankd_score_cache_hits_total") == 3
