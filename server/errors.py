@@ -33,6 +33,11 @@ class Overloaded(RerankdError):
     status = "RESOURCE_EXHAUSTED"
 
 
+class LoadShed(Overloaded):
+    """Refused by load shedding: the queue would make the model miss the request's deadline
+    (degraded mode answers such a request with the fallback order instead)."""
+
+
 class Unavailable(RerankdError):
     status = "UNAVAILABLE"
 

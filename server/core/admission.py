@@ -8,7 +8,7 @@ import math
 import time
 from collections.abc import Callable
 
-from server.errors import DeadlineExceeded, Overloaded
+from server.errors import DeadlineExceeded, LoadShed, Overloaded
 
 
 class WaitEstimate:
@@ -174,7 +174,7 @@ class Admission:
             expected = est.expected_s(ahead, now)
             if expected > self.headroom * budget_s:
                 self.shed += 1
-                raise Overloaded(f"load shed: expected to take {expected * 1000:.0f} ms with {ahead} requests "
+                raise LoadShed(f"load shed: expected to take {expected * 1000:.0f} ms with {ahead} requests "
                                  f"ahead, more than the {budget_s * 1000:.0f} ms it has before its deadline; "
                                  f"retry another replica or later")
         self.in_flight += 1

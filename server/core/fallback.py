@@ -27,7 +27,8 @@ CIRCUIT_OPEN = "circuit_open"  # the breaker holds calls back after repeated fai
 MODEL_NOT_READY = "model_not_ready"  # Triton answers, but no version of the model is READY
 DEADLINE = "deadline"  # the model did not answer within the request's budget
 TRITON_ERROR = "triton_error"  # Triton answered the inference call with an error
-REASONS = (TRITON_UNAVAILABLE, CIRCUIT_OPEN, MODEL_NOT_READY, DEADLINE, TRITON_ERROR)
+OVERLOADED = "overloaded"  # load shedding: the queue would make the model miss the deadline
+REASONS = (TRITON_UNAVAILABLE, CIRCUIT_OPEN, MODEL_NOT_READY, DEADLINE, TRITON_ERROR, OVERLOADED)
 
 
 def fallback_scores(candidates: Sequence[Candidate]) -> list[float]:

@@ -33,7 +33,7 @@ from server.core.validate import (
     validate_items,
     validate_rerank,
 )
-from server.errors import DeadlineExceeded, InferenceFailed, Unavailable
+from server.errors import DeadlineExceeded, InferenceFailed, LoadShed, Unavailable
 from server.rules import (
     RuleCandidate,
     RuleSet,
@@ -180,7 +180,15 @@ class Pipeline:
         budget_s = req.timeout_s if req.timeout_s is not None else self.config.default_timeout_s
         if self._degrade:  # the model gets the budget less the fallback's reserve
             budget_s -= self.config.deadline_reserve_s
-        with self.admission.slot(budget_s) as slot:
+        try:
+            slot = self.admission.slot(budget_s)
+        except LoadShed:
+            if not self._degrade:
+                raise
+            # The queue would make the model late: the fallback answers now, without a slot
+            # (it never reaches Triton), as for any model too slow for the request's budget.
+            return await self._rerank(req, degraded=fallback.OVERLOADED)
+        with slot:
             resp = await self._rerank(req)
             # Model-scored replies teach the wait estimate, and so do fallbacks for want of time
             # (the model's time was at least the budget); a fast fallback (Triton down) does not.
@@ -188,9 +196,11 @@ class Pipeline:
             slot.late = resp.degraded_reason == fallback.DEADLINE
             return resp
 
-    async def _rerank(self, req: RerankRequest) -> RerankResponse:
+    async def _rerank(self, req: RerankRequest, degraded: str = "") -> RerankResponse:
         watch = _Stopwatch()
         plan = self._resolve(req, watch)
+        if degraded and not plan.degraded:  # decided before the model is asked (load shed)
+            plan = dataclasses.replace(plan, degraded=degraded)
         features = await self._gather(req, plan, watch)
         scores = await self._score(req, plan, features, watch)
         ranking = self._rank(req, plan, features, scores, watch)

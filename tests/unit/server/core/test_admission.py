@@ -209,23 +209,27 @@ def make_pipe(tokenizer, tmp_path, adm: Admission, **cfg) -> tuple[Pipeline, Len
 def test_pipeline_sheds_by_the_callers_budget_before_any_work(tokenizer, tmp_path):  # noqa: F811
     clock = Clock()
     adm = primed(clock)
-    pipe, scorer = make_pipe(tokenizer, tmp_path, adm)
+    pipe, scorer = make_pipe(tokenizer, tmp_path, adm, on_model_failure="fail")
     req = RerankRequest("u", (Candidate("t", text="x"),), timeout_s=0.15)
     with adm.slot(None):  # one ahead: expected 0.2 s > 0.9 x 0.15 s
         with pytest.raises(Overloaded, match="load shed"):
             asyncio.run(pipe.rerank(req))
     assert scorer.calls == [] and adm.in_flight == 0
+    # Degraded mode (the default): the fallback order answers at once instead.
+    pipe, scorer = make_pipe(tokenizer, tmp_path, adm)
+    with adm.slot(None):
+        resp = asyncio.run(pipe.rerank(req))
+    assert resp.degraded_reason == "overloaded" and scorer.calls == [] and adm.in_flight == 0
 
 
 def test_pipeline_without_caller_deadline_uses_the_default_timeout(tokenizer, tmp_path):  # noqa: F811
     clock = Clock()
     adm = primed(clock)
-    pipe, scorer = make_pipe(tokenizer, tmp_path, adm, default_timeout_s=0.15)
+    pipe, scorer = make_pipe(tokenizer, tmp_path, adm, default_timeout_s=0.15, on_model_failure="fail")
     with adm.slot(None):
-        # 150 ms less the degraded mode's reserve for the fallback (50 ms): what the model has
-        with pytest.raises(Overloaded, match="the 100 ms it has"):
+        with pytest.raises(Overloaded, match="the 150 ms it has"):
             asyncio.run(pipe.rerank(RerankRequest("u", (Candidate("t", text="x"),))))
-    pipe.config = PipelineConfig(default_timeout_s=10.0)
+    pipe.config = PipelineConfig(default_timeout_s=10.0, on_model_failure="fail")
     with adm.slot(None):
         asyncio.run(pipe.rerank(RerankRequest("u", (Candidate("t", text="x"),))))
     assert len(scorer.calls) == 1

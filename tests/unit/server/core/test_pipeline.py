@@ -123,6 +123,31 @@ def test_no_model_is_unavailable_and_bad_input_is_invalid(tokenizer, tmp_path):
         run(pipe.rerank(RerankRequest("u", (Candidate("a"),))))
 
 
+def test_a_shed_request_gets_the_fallback_in_degraded_mode_and_resource_exhausted_in_fail_mode(tokenizer, tmp_path):
+    """Admission (its own tests: test_admission.py) sheds every request here: the queue ahead
+    would make each one miss its deadline."""
+    from server.core.admission import Admission
+    from server.errors import LoadShed, Overloaded
+
+    class Shedding(Admission):
+        def slot(self, budget_s=None):
+            self.shed += 1
+            raise LoadShed("load shed: test")
+
+    req = RerankRequest("u", (Candidate("a", retrieval_score=0.1), Candidate("b", retrieval_score=0.9)))
+    for mode in ("degrade", "fail"):
+        pipe, store, scorer = make(tokenizer, tmp_path, on_model_failure=mode)
+        run(store.upsert_items([Item("a", "x"), Item("b", "y")]))
+        pipe.admission = Shedding(10)
+        if mode == "fail":
+            with pytest.raises(Overloaded, match="load shed"):
+                run(pipe.rerank(req))
+            continue
+        resp = run(pipe.rerank(req))
+        assert resp.degraded_reason == "overloaded" and [i.item_id for i in resp.items] == ["b", "a"]
+        assert scorer.calls == [] and pipe.degraded["overloaded"] == 1 and pipe.admission.in_flight == 0
+
+
 def test_event_types_with_zero_weight_stay_out_of_history(tokenizer, tmp_path):
     pipe, store, _ = make(tokenizer, tmp_path, event_weights={"view": 0.0})
     run(store.upsert_items([Item("h1", "an extremely long history title with many words"), Item("a", "x")]))
