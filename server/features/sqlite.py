@@ -17,6 +17,7 @@ import asyncio
 import json
 import sqlite3
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -52,14 +53,27 @@ class SqliteStore:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA busy_timeout=5000")
-        self._db.execute("PRAGMA secure_delete=ON")  # deleted rows are overwritten, not left in free pages
-        self._db.executescript(_SCHEMA)
+        self._setup()
         # Used only from the event loop's thread (reads); ":memory:" has a single database.
         self._read = self._db if str(self.path) == ":memory:" else sqlite3.connect(
             str(self.path), check_same_thread=False, isolation_level=None)
+
+    def _setup(self, attempts: int = 50) -> None:
+        """WAL mode, durability and the schema. Several processes opening one new file at once
+        (``serve --workers N``) can find it locked while another switches it to WAL, which
+        SQLite reports at once rather than through the busy timeout: retry for a few seconds."""
+        for attempt in range(attempts):
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=FULL")
+                self._db.execute("PRAGMA secure_delete=ON")  # deleted rows are overwritten, not left in free pages
+                self._db.executescript(_SCHEMA)
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or attempt == attempts - 1:
+                    raise
+                time.sleep(0.1)
 
     async def _run(self, fn, *args):
         return await asyncio.to_thread(self._locked, fn, *args)
