@@ -200,7 +200,8 @@ def main(argv=None) -> int:
                         after = refused_in_gateway(metrics_port)
                         n = after["count"] - before["count"]
                         s["gateway_refused"] = n
-                        s["gateway_refused_within_5ms"] = ((after["le_0.005"] - before["le_0.005"]) / n
+                        # (no bucket lines before the first refusal)
+                        s["gateway_refused_within_5ms"] = ((after.get("le_0.005", 0.0) - before.get("le_0.005", 0.0)) / n
                                                            if n else float("nan"))
                     s["load_avg"] = load_avg()
                     runs.setdefault(f"{name}@{frac:.0%}", []).append(s)
