@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import os
 import time
-import urllib.error
-import urllib.request
 
 import grpc
 import pytest
@@ -19,6 +17,7 @@ from server.api.pb import reranker_pb2 as pb
 from server.api.pb import reranker_pb2_grpc as pb_grpc
 from server.triton.launcher import free_port
 from tests.integration.conftest import gateway_process
+from tests.prometheus_text import fetch as fetch_metrics
 
 pytestmark = pytest.mark.integration
 
@@ -107,23 +106,12 @@ def test_rotation_without_restart(gateway):
     print(f"old key refused {refused_after:.2f} s after the file was replaced")
 
 
-def _get(port: int, key: str | None) -> tuple[int, str]:
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/metrics")
-    if key:
-        req.add_header("Authorization", f"Bearer {key}")
-    try:
-        with urllib.request.urlopen(req, timeout=5) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as err:
-        return err.code, ""
-
-
 def test_metrics_endpoint_needs_an_admin_key_and_counts_refusals(gateway):
     addr, _, port, _ = gateway
     call_all(addr, None)
-    assert _get(port, None)[0] == 401
-    assert _get(port, KEYS["ranker"][0])[0] == 403
-    status, text = _get(port, KEYS["ops"][0])
+    assert fetch_metrics(port, None)[0] == 401
+    assert fetch_metrics(port, KEYS["ranker"][0])[0] == 403
+    status, text = fetch_metrics(port, KEYS["ops"][0])
     assert status == 200
     refused = [line for line in text.splitlines()
                if line.startswith("rerankd_requests_total") and 'code="UNAUTHENTICATED"' in line]

@@ -8,8 +8,6 @@ import json
 import logging
 import os
 import stat
-import urllib.error
-import urllib.request
 
 import grpc
 import pytest
@@ -34,6 +32,7 @@ from server.api.auth import (
 from server.api.errors import STATUS_BY_NAME
 from server.errors import InvalidArgument, PermissionDenied, Unauthenticated
 from server.settings import load_settings
+from tests.prometheus_text import fetch as fetch_metrics
 
 RERANK_KEY, EVENTS_KEY, ADMIN_KEY = "rk_rerank-only", "rk_events-only", "rk_the-admin"
 
@@ -335,17 +334,6 @@ def test_closed_health_and_reflection_need_a_key_streaming_calls_too(keys_file):
 
 # -- the metrics endpoint ------------------------------------------------------------------------
 
-def _get(port: int, key: str | None) -> tuple[int, str]:
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/metrics")
-    if key:
-        req.add_header("Authorization", f"Bearer {key}")
-    try:
-        with urllib.request.urlopen(req, timeout=5) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read().decode()
-
-
 def test_metrics_endpoint_needs_a_metrics_or_admin_key(keys_file):
     from server.metrics import Metrics as RealMetrics
 
@@ -355,12 +343,12 @@ def test_metrics_endpoint_needs_a_metrics_or_admin_key(keys_file):
     port = m.serve("127.0.0.1", 0, authorize=KeyStore(keys_file).http_check)
     try:
         assert port
-        assert _get(port, None)[0] == 401
-        assert _get(port, "rk_wrong")[0] == 401
-        status, body = _get(port, RERANK_KEY)
+        assert fetch_metrics(port, None)[0] == 401
+        assert fetch_metrics(port, "rk_wrong")[0] == 401
+        status, body = fetch_metrics(port, RERANK_KEY)
         assert status == 403 and "metrics" in body
         for key in ("rk_prom", ADMIN_KEY):
-            status, body = _get(port, key)
+            status, body = fetch_metrics(port, key)
             assert status == 200 and 'rerankd_requests_total{code="OK",method="Rerank"}' in body
     finally:
         m.shutdown()
