@@ -244,25 +244,19 @@ def test_fuzz_upsert_items(stub, req):
     _check("UpsertItems", *_code(stub.UpsertItems, req), req)
 
 
-def test_fuzz_forget_user(stub):
-    code, _ = _code(stub.ForgetUser, pb.ForgetUserRequest(user_id="fz-probe"))
-    if code == "UNIMPLEMENTED":
-        pytest.skip("this gateway does not implement ForgetUser yet (UNIMPLEMENTED)")
-
-    @_settings(300)
-    @given(req=forget_requests)
-    def run(req):
-        _check("ForgetUser", *_code(stub.ForgetUser, req), req)
-
-    run()
+@_settings(300)
+@given(req=forget_requests)
+def test_fuzz_forget_user(stub, req):
+    _check("ForgetUser", *_code(stub.ForgetUser, req), req)
 
 
-def test_structured_fuzz_reached_both_valid_and_rejected_paths():
+def test_structured_fuzz_reached_both_valid_and_rejected_paths(stub):
     """The generators are useful only if they produce accepted and rejected requests alike."""
+    if not any(REPLIES.values()):  # selected alone: run the campaigns here
+        for fuzz in (test_fuzz_rerank, test_fuzz_record_events, test_fuzz_upsert_items, test_fuzz_forget_user):
+            fuzz(stub=stub)
     ran = {m: c for m, c in REPLIES.items() if c}
     print("structured fuzz replies:", {m: dict(c) for m, c in ran.items()})
-    if not ran:
-        pytest.skip("no structured fuzz test ran in this session (run the module)")
     for method, codes in ran.items():
         assert codes["OK"] > 0 and codes["INVALID_ARGUMENT"] > 0, (method, dict(codes))
     assert REPLIES["Rerank"]["NOT_FOUND"] > 0  # unknown rule sets
@@ -313,14 +307,12 @@ def test_fuzz_raw_request_bodies(channel, case):
     call = channel.unary_unary(f"/rerank.v1.Reranker/{method}")  # no serializers: bytes as they are
     code, details = _code(call, body)
     RAW_REPLIES[code] += 1
-    if code == "UNIMPLEMENTED" and method == "ForgetUser":
-        return
     assert code not in BAD, f"{method} answered {code} ({details}) to body {body!r}"[:2000]
 
 
-def test_raw_fuzz_hit_the_decoder():
-    if not RAW_REPLIES:
-        pytest.skip("the raw-body fuzz test did not run in this session (run the module)")
+def test_raw_fuzz_hit_the_decoder(channel):
+    if not RAW_REPLIES:  # selected alone: run the campaign here
+        test_fuzz_raw_request_bodies(channel=channel)
     print("raw-body fuzz replies:", dict(RAW_REPLIES))
     assert RAW_REPLIES["INVALID_ARGUMENT"] > 100, dict(RAW_REPLIES)
 
@@ -328,8 +320,6 @@ def test_raw_fuzz_hit_the_decoder():
 def test_undecodable_bodies_are_invalid_argument_naming_the_body(channel):
     for method in METHODS:
         code, details = _code(channel.unary_unary(f"/rerank.v1.Reranker/{method}"), b"\x0a\x03\xff\xfe\xfd")
-        if method == "ForgetUser" and code == "UNIMPLEMENTED":
-            continue
         assert code == "INVALID_ARGUMENT" and "request body is not a valid message" in details, (method, code, details)
 
 
