@@ -301,7 +301,11 @@ class Pipeline:
                 raise
             if reason:
                 return self._fallback(req, features, reason, watch)
-            self.score_cache.store(model.version, user_text, todo_texts, fresh, owner=req.user_id)
+            # Owned (dropped by ForgetUser) only when the user's own events shaped the user text:
+            # a text without them (a new user, the caller's session items) holds nothing of the
+            # user's, and noting every such user under it would grow without bound.
+            self.score_cache.store(model.version, user_text, todo_texts, fresh,
+                                   owner=req.user_id if features.events else None)
             if every:
                 scores = fresh.tolist()
             else:

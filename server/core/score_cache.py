@@ -9,7 +9,8 @@ requests stored scores under each user text, and the keys under each text (an in
 follows evictions: a user text leaves it with its last entry). ``forget(user_id)`` drops
 every entry under every text the user's requests were scored with (each history state, each
 context text), including entries other users with the identical text would have hit (they
-are recomputed), in time proportional to those entries, not to the cache.
+are recomputed), in time proportional to those entries, not to the cache. The pipeline names
+an owner only when the user's own events shaped the text (see ``Pipeline._score``).
 Each gateway process has its own cache and ``forget`` reaches only that one. In the
 others, the user's entries are keyed by a digest of user texts rendered from the erased
 history: once the history is gone no request renders those texts again, so they are never

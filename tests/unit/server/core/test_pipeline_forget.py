@@ -35,7 +35,10 @@ def test_forget_erases_history_and_cached_scores_once(tokenizer, tmp_path):  # n
         assert len(scorer.calls) == calls  # the cold text's scores were still cached (stranger's)
         # Her cold request was answered from the cache: nothing was stored on her behalf.
         assert await pipe.forget_user("alice") == (0, 0)
-        assert await pipe.forget_user("stranger") == (0, 2)
+        # The stranger's scores were stored under a text without any history of theirs (no
+        # events): nothing of theirs to erase, and the entries stay for every new user.
+        assert await pipe.forget_user("stranger") == (0, 0)
+        assert pipe.score_cache.stats()["size"] == 2 and not pipe.score_cache._owners
         assert len(await store.recent_events("bob", 10)) == 1
         with pytest.raises(InvalidArgument) as err:
             await pipe.forget_user("")
