@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 TRITON_STAMP := .cache/triton/.installed
 PROTO_STAMP := server/api/_gen/.generated
 
-.PHONY: run test venv protos triton model data redis node-client perf clean help
+.PHONY: run test venv protos triton model data redis node-client perf k8s-check clean help
 
 help:
 	@echo "make run   - set everything up and serve (Triton + gateway) on embedded defaults"
@@ -74,6 +74,11 @@ perf: venv protos triton
 	@$(PY) -c "import sentence_transformers, openvino, nncf" 2>/dev/null || \
 	  $(PY) -m pip install --progress-bar on -q -e '.[export,engines,dev,perf]' 2>&1 | grep -v '^WARNING: Location'
 	@$(PY) -m perf.run_all --budget short $(PERF_ARGS)
+
+# Render the Kubernetes overlays (deploy/kubernetes) with the venv's pinned kubectl and check
+# them offline against the Kubernetes schemas and the settings; nothing is applied to a cluster.
+k8s-check: venv
+	@$(PY) -m pytest -q tests/unit/deploy
 
 clean:
 	rm -rf $(VENV) .cache var server/api/_gen tests/node/node_modules

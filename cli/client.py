@@ -43,6 +43,8 @@ def add_parser(sub) -> None:
     e.add_argument("--user", required=True)
     e.add_argument("--items", required=True, help="comma-separated item ids")
     e.add_argument("--type", default="click")
+    e.add_argument("--request-id", default="", help="the request id of the Rerank reply that showed the items "
+                                                     "(online evaluation: `rerankd report online`)")
 
     b = csub.add_parser("load-items", help="bulk-load a catalog file (JSON lines or CSV) through UpsertItems")
     b.add_argument("path", help="items.jsonl ({item_id, title, text, attributes}) or items.csv "
@@ -108,7 +110,8 @@ def _upsert(stub, pb, args):
 
 def _events(stub, pb, args):
     now = time.time()
-    events = [pb.Event(user_id=args.user, item_id=i.strip(), event_type=args.type, timestamp=now)
+    events = [pb.Event(user_id=args.user, item_id=i.strip(), event_type=args.type, timestamp=now,
+                       request_id=args.request_id)
               for i in args.items.split(",") if i.strip()]
     resp = stub.RecordEvents(pb.RecordEventsRequest(events=events), timeout=args.timeout)
     print(f"accepted {resp.accepted}, duplicates {resp.duplicates}")

@@ -22,7 +22,9 @@ def run(args, settings: Settings) -> int:
     ``evaluation.coldstart``."""
     # The parser imports this module for every command; the evaluation (a served stack's
     # client, the protocols) loads only when this one runs.
+    from cli.train import source_from_args
     from evaluation.evaluate import run_eval
+    from interactions.movielens import leave_one_out
 
     repo = Path(settings.triton.model_repository)
     name = settings.triton.model_name
@@ -30,20 +32,27 @@ def run(args, settings: Settings) -> int:
     reports = Path(args.reports) if args.reports else PROJECT_ROOT / "reports"
     work = PROJECT_ROOT / "var" / "eval"
     work.mkdir(parents=True, exist_ok=True)
+    # MovieLens by default (its own loader); another source's split and catalogue otherwise.
+    split = items = None
+    if args.source != "movielens":
+        got = source_from_args(args, settings).load()
+        split, items = leave_one_out(got.interactions), got.items
+        print(f"==> data: {args.source}: {len(split.users)} users, {len(items)} items")
     if args.cold_start:
         from evaluation.coldstart import run_cold_eval
 
         path = "in-process" if args.path == "in-process" else "served"
         warm = Path(args.warm_dir) if args.warm_dir else _newest_warm_version(PROJECT_ROOT / "model_repository", name)
         rep = run_cold_eval(version_dir, warm, split_name=args.split, path=path, reports_dir=reports,
-                            work_dir=work)
+                            work_dir=work, split=split, items=items)
     else:
         paths = {"both": ("served", "in-process"), "served": ("served",), "in-process": ("in-process",)}[args.path]
         blend = None
         if args.retrieval_weight is not None:
             blend = Blend(model_weight=1.0 - args.retrieval_weight, retrieval_weight=args.retrieval_weight)
         rep = run_eval(version_dir, split_name=args.split, paths=paths, blend=blend, score_all=args.all_users,
-                       users=args.users or 0, reports_dir=reports, work_dir=work, gru4rec=args.gru4rec)
+                       users=args.users or 0, reports_dir=reports, work_dir=work, gru4rec=args.gru4rec,
+                       split=split, items=items)
     for f in rep.info.get("files", []):
         print(f"==> wrote {f}")
     return 0
@@ -60,6 +69,9 @@ def _newest_warm_version(repo: Path, name: str) -> Path | None:
 
 
 def add_arguments(p) -> None:
+    from cli.train import add_source_arguments
+
+    add_source_arguments(p)
     p.add_argument("--split", choices=["valid", "test"], default="test")
     p.add_argument("--version", help="model version to evaluate (default: the newest)")
     p.add_argument("--path", choices=["both", "served", "in-process"], default="both",

@@ -297,6 +297,14 @@ def cmd_eval(args) -> int:
     return evaluate.run(args, settings)
 
 
+def cmd_report(args) -> int:
+    """``rerankd report online``: events joined to the rankings that showed them, per version."""
+    settings = _settings(args)
+    from cli import report
+
+    return report.run(args, settings)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from export.engines import ENGINES
 
@@ -344,7 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
     from cli import evaluate as eval_cmd
     from cli import train as train_cmd
 
-    tr = sub.add_parser("train", help="fine-tune the reranker on MovieLens-100K, export the next version")
+    tr = sub.add_parser("train", help="fine-tune the reranker (MovieLens-100K, the store's logs or files), "
+                        "export the next version, compare it with the serving one")
     train_cmd.add_arguments(tr)
     tr.set_defaults(func=cmd_train)
 
@@ -354,9 +363,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     from cli import client
     from cli import keys as keys_cmd
+    from cli import model as model_cmd
 
     client.add_parser(sub)
     keys_cmd.add_parser(sub)
+    model_cmd.add_parser(sub)
+    from cli import report as report_cmd
+
+    report_cmd.add_parser(sub, cmd_report)
     return p
 
 

@@ -144,7 +144,7 @@ def _score(version_dir: Path, by_kind: Mapping[str, Sequence[ColdList]], path: s
             out[kind] = _Scored(score_in_process(scorer, _eval_lists(kl), items, log=log), {}, {},
                                 time.monotonic() - t0)
         return out
-    with served_stack(version_dir, data_dir, split, upto, work, log=log) as addr:
+    with served_stack(version_dir, data_dir, split, upto, work, items=list(items.values()), log=log) as addr:
         for kind, kl in by_kind.items():
             res = score_served(addr, _eval_lists(kl), log=log)
             out[kind] = _Scored(res.model_scores, res.final if res.blended_by_gateway else {},

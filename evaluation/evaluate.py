@@ -110,7 +110,8 @@ def run_eval(version_dir: Path, *, split_name: str = "test", paths: Sequence[str
             scores, final, report.info["in-process"] = _in_process(version_dir, to_score, item_map, log)
         elif path == "served":
             scores, final, report.info["served"] = _served(version_dir, to_score, rule_set, data_dir=data_dir,
-                                                           split=split, upto=upto, work_dir=work_dir, log=log)
+                                                           split=split, upto=upto, work_dir=work_dir, log=log,
+                                                           items=items)
         else:
             raise ValueError(f"unknown path {path!r}")
         orders = orders_from_scores(lists, scores, rule_set, pop_rank, seed)
@@ -162,15 +163,16 @@ def _in_process(version_dir: Path, to_score: Sequence[EvalList], item_map: Mappi
     return scores, None, {"seconds": round(time.monotonic() - t1, 1)}
 
 
-def _served(version_dir: Path, to_score: Sequence[EvalList], rule_set: Blend | None, *, data_dir: Path, split,
-            upto: str, work_dir: Path | None, log) -> tuple[dict[str, np.ndarray], dict | None, dict]:
+def _served(version_dir: Path, to_score: Sequence[EvalList], rule_set: Blend | None, *, data_dir: Path | None,
+            split, upto: str, work_dir: Path | None, log,
+            items=None) -> tuple[dict[str, np.ndarray], dict | None, dict]:
     """(model scores by user, the gateway's final orders when it blended, path info) from a
     served stack started for this evaluation."""
     tmp = Path(tempfile.mkdtemp(prefix="eval-", dir=work_dir)) if work_dir else Path(
         tempfile.mkdtemp(prefix="rerankd-eval-"))
     try:
         with served_stack(version_dir, data_dir, split, upto, tmp, rules_yaml=eval_rules_yaml(rule_set),
-                          log=log) as addr:
+                          items=items, log=log) as addr:
             res = score_served_blended(addr, to_score, log)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -148,13 +148,13 @@ UPTO = {"valid": "valid", "validation": "valid", "test": "test"}  # split name -
 
 
 def movielens_inputs(data_dir: Path | None = None, split=None,
-                     items: Sequence[Item] | None = None) -> tuple[Path, object, list[Item]]:
+                     items: Sequence[Item] | None = None) -> tuple[Path | None, object, list[Item]]:
     """(data folder, leave-one-out split, items): MovieLens-100K's, except what is given
-    (tests pass a slice)."""
-    if data_dir is None:
+    (tests pass a slice; another source passes its split and items, and no folder)."""
+    if data_dir is None and (split is None or items is None):
         data_dir = fetch_movielens()
     if split is None:
         split = leave_one_out(load_interactions(data_dir))
     if items is None:
         items = load_items(data_dir)
-    return Path(data_dir), split, list(items)
+    return (Path(data_dir) if data_dir is not None else None), split, list(items)

@@ -64,25 +64,26 @@ def _prepare_repo(version_dir: Path, dest: Path) -> Path:
     return dest
 
 
-async def _load_store(url: str, data_dir: Path, split, upto: str, history_len: int) -> None:
+async def _load_store(url: str, data_dir: Path | None, split, upto: str, history_len: int, items=None) -> None:
     store = open_store(url, history_len=history_len)
     try:
-        await load_into_store(store, data_dir, split, upto=upto, log=lambda *_: None)
+        await load_into_store(store, data_dir, split, upto=upto, items=items, log=lambda *_: None)
     finally:
         await store.close()
 
 
 @contextmanager
-def served_stack(version_dir: Path, data_dir: Path, split, upto: str, work: Path, *,
-                 rules_yaml: str | None = None, log=print):
+def served_stack(version_dir: Path, data_dir: Path | None, split, upto: str, work: Path, *,
+                 rules_yaml: str | None = None, items=None, log=print):
     """Triton (serving only ``version_dir``) + a ``rerankd serve`` gateway on free ports, with
-    a fresh SQLite store holding the items and the interactions known before ``upto``."""
+    a fresh SQLite store holding the items (``items``, else MovieLens's in ``data_dir``) and
+    the interactions known before ``upto``."""
     work = Path(work)
     repo = _prepare_repo(version_dir, work / "repo")
     db = work / "store.db"
     settings = load_settings(env={})
     t0 = time.monotonic()
-    asyncio.run(_load_store(f"sqlite:///{db}", data_dir, split, upto, settings.store.history_len))
+    asyncio.run(_load_store(f"sqlite:///{db}", data_dir, split, upto, settings.store.history_len, items))
     log(f"eval: store loaded up to {upto!r} in {time.monotonic() - t0:.0f}s")
     env = {"RERANKD_CONFIG": "", "RERANKD_STORE_URL": f"sqlite:///{db}"}
     if rules_yaml is not None:

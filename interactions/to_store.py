@@ -6,10 +6,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
 
+from contract.items import Item
 from interactions.movielens import Split, load_items
 from server.features.base import FeatureStore
 from server.types import Event
@@ -17,14 +18,16 @@ from server.types import Event
 
 async def load_into_store(
     store: FeatureStore,
-    folder: Path,
+    folder: Path | None,
     split: Split,
     *,
     upto: Literal["valid", "test", "all"] = "test",
     batch: int = 5000,
+    items: Sequence[Item] | None = None,
     log: Callable[[str], object] = print,
 ) -> dict[str, int]:
-    """Upsert every item of ``folder`` and record users' ratings as ``rating`` events.
+    """Upsert every item of ``folder`` (or ``items``, another source's catalogue) and record
+    users' ratings as ``rating`` events.
 
     ``upto='valid'`` records train interactions only (a served history then equals
     ``split.history(u, 'valid')``), ``'test'`` train + valid, ``'all'`` everything.
@@ -33,7 +36,7 @@ async def load_into_store(
     """
     if batch < 1:
         raise ValueError("batch must be >= 1")
-    items = load_items(folder)
+    items = list(items) if items is not None else load_items(folder)
     for start in range(0, len(items), batch):
         await store.upsert_items(items[start:start + batch])
     log(f"[ml-100k] items {len(items)}/{len(items)}")

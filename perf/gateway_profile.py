@@ -31,7 +31,7 @@ class FixedModel:
         self.served = served
         self.current = served
 
-    def require(self):
+    def require(self, user_id: str = ""):
         return self.served
 
 

@@ -37,9 +37,11 @@ class Metrics:
         self.requests: Counter[tuple[str, str]] = Counter()  # (method, status code) -> calls
         self.stage_ms: Counter[str] = Counter()  # stage -> total ms
         self.stage_calls: Counter[str] = Counter()
+        # (model version, outcome: ok | degraded | error) -> Rerank replies (canary comparisons)
+        self.by_version: Counter[tuple[str, str]] = Counter()
         self._server = None
         self._provider = None
-        self._duration = self._refused = None
+        self._duration = self._refused = self._version_duration = None
         self._broken: set[str] = set()
         if not enabled:
             return
@@ -59,13 +61,21 @@ class Metrics:
             views=[View(instrument_name="rerankd.rerank.duration",
                         aggregation=ExplicitBucketHistogramAggregation(LATENCY_BUCKETS_S)),
                    View(instrument_name="rerankd.rerank.refused.duration",
-                        aggregation=ExplicitBucketHistogramAggregation(REFUSED_BUCKETS_S))])
+                        aggregation=ExplicitBucketHistogramAggregation(REFUSED_BUCKETS_S)),
+                   View(instrument_name="rerankd.rerank.version.duration",
+                        aggregation=ExplicitBucketHistogramAggregation(LATENCY_BUCKETS_S))])
         self.meter = self._provider.get_meter("rerankd")
         self._duration = self.meter.create_histogram(
             "rerankd.rerank.duration", unit="s", description="Rerank latency in the gateway (handler), OK replies")
         self._refused = self.meter.create_histogram(
             "rerankd.rerank.refused.duration", unit="s",
             description="Rerank latency in the gateway (handler) of calls refused with RESOURCE_EXHAUSTED")
+        self._version_duration = self.meter.create_histogram(
+            "rerankd.rerank.version.duration", unit="s",
+            description="Rerank latency in the gateway by model version (OK replies, degraded included)")
+        self.meter.create_observable_counter(
+            "rerankd.rerank.version.requests", callbacks=[self._observe_versions],
+            description="Rerank replies by model version and outcome (ok, degraded, error)")
         self.meter.create_observable_counter(
             "rerankd.requests", callbacks=[self._observe_requests],
             description="RPCs answered, by method and gRPC status code")
@@ -85,6 +95,12 @@ class Metrics:
                 self._duration.record(seconds)
             elif code == "RESOURCE_EXHAUSTED":  # load shed or at the in-flight limit: must be fast
                 self._refused.record(seconds)
+
+    def rerank_version(self, version: str, outcome: str, seconds: float) -> None:
+        """One Rerank resolved to model ``version``: ``outcome`` ok, degraded or error."""
+        self.by_version[(version, outcome)] += 1
+        if self._version_duration is not None and outcome != "error":
+            self._version_duration.record(seconds, {"version": version})
 
     def stages(self, timings_ms: Mapping[str, float]) -> None:
         """Per-stage times of one Rerank (its ``timings_ms``)."""
@@ -118,6 +134,9 @@ class Metrics:
 
     def _observe_requests(self, _: CallbackOptions) -> Iterable[Observation]:
         return [Observation(n, {"method": m, "code": c}) for (m, c), n in list(self.requests.items())]
+
+    def _observe_versions(self, _: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(n, {"version": v, "outcome": o}) for (v, o), n in list(self.by_version.items())]
 
     def _observe_stage_time(self, _: CallbackOptions) -> Iterable[Observation]:
         return [Observation(ms / 1000.0, {"stage": s}) for s, ms in list(self.stage_ms.items())]

@@ -45,10 +45,17 @@ class ServerSettings:
     gc_max_delay_s: float = 120.0
     # Collections that also rescan the objects frozen by earlier ones (see server.api.collector).
     gc_deep_every_s: float = 900.0
+    # Connections are closed (GOAWAY, after max_connection_age_grace_s for calls in flight)
+    # after this many seconds, so clients balancing over DNS (a headless Kubernetes Service,
+    # round_robin) re-resolve and find new replicas; 0: connections live on.
+    max_connection_age_s: float = 0.0
+    max_connection_age_grace_s: float = 10.0
 
 
 @dataclass
 class TritonSettings:
+    # One Triton, or a comma-separated list ("a:8001,b:8001"): calls go to the least busy
+    # endpoint that is up, dead ones are skipped and probed back (server.triton.pool).
     url: str = "127.0.0.1:8001"
     model_name: str = "reranker"
     # Empty: the newest version Triton reports ready.
@@ -62,6 +69,12 @@ class TritonSettings:
     metrics_port: int = 8002
     # How often the gateway checks model readiness / new versions (seconds).
     poll_interval_s: float = 1.0
+    # Canary routing (``rerankd model canary``): a user's bucket is SHA-256 of this salt and
+    # the user id; every gateway must use the same salt. A new salt reshuffles the users.
+    canary_salt: str = "rerankd-canary"
+    # `rerankd model` commands: after switching versions, wait 2 poll intervals plus this
+    # long (requests sent to the old version finish) before unloading it.
+    rollout_settle_s: float = 2.0
     # `rerankd triton` / `serve --with-triton`: when tritonserver exits unexpectedly, start it
     # again on the same ports (after killing its backend stubs), with capped backoff.
     restart_on_exit: bool = True
@@ -80,12 +93,14 @@ class TritonSettings:
 @dataclass
 class StoreSettings:
     # sqlite:///relative/file.db, sqlite:////absolute/file.db or redis://host:port/db
+    # (Redis Cluster: redis://node:port/0?cluster=true)
     url: str = f"sqlite:///{PROJECT_ROOT / 'var' / 'rerankd.db'}"
     # Most recent interactions kept per user (and rendered into the user text).
     history_len: int = 20
     item_cache_size: int = 100_000
-    # Bounds how stale an item can be on a gateway that did not receive its upsert
-    # (several gateways sharing Redis); 0 disables expiry.
+    # Bounds how stale an item can be on a gateway that did not receive its upsert (several
+    # gateways sharing a store): with Redis only when an invalidation message is lost
+    # (server.features.invalidation); 0 disables expiry.
     item_cache_ttl_s: float = 30.0
 
 
@@ -163,6 +178,20 @@ class PrivacySettings:
 
 
 @dataclass
+class OnlineSettings:
+    # Online evaluation (`rerankd report online`): each OK Rerank's first log_top_k items,
+    # with its request id, user and model version, are written to the feature store off the
+    # request path (a bounded queue of queue_size replies; when full, replies go unlogged
+    # and are counted) and kept retention_s seconds.
+    log_impressions: bool = True
+    log_top_k: int = 20
+    retention_s: float = 30 * 24 * 3600.0
+    queue_size: int = 10_000
+    # An event counts for a ranking only this long after it was shown (the report's default).
+    attribution_window_s: float = 24 * 3600.0
+
+
+@dataclass
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     triton: TritonSettings = field(default_factory=TritonSettings)
@@ -173,6 +202,7 @@ class Settings:
     resilience: ResilienceSettings = field(default_factory=ResilienceSettings)
     security: SecuritySettings = field(default_factory=SecuritySettings)
     privacy: PrivacySettings = field(default_factory=PrivacySettings)
+    online: OnlineSettings = field(default_factory=OnlineSettings)
 
 
 def parse_weights(text: str, field: str = "model.event_weights") -> dict[str, float]:

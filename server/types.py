@@ -89,6 +89,22 @@ class Event:
     timestamp: float
     value: float | None = None
     idempotency_key: str = ""
+    # The reply (``RerankResponse.request_id``) whose ranking showed the item; "" if none.
+    request_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Impression:
+    """What one Rerank reply showed (online evaluation): its first ``item_ids``, in order."""
+
+    request_id: str
+    user_id: str
+    model_name: str
+    model_version: str
+    item_ids: tuple[str, ...]
+    timestamp: float
+    # The fallback's reason when the reply was degraded (not the model's order); "" otherwise.
+    degraded_reason: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,19 +6,18 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from contract.items import Item
 from evaluation.cold_lists import cold_items, warm_interactions
 from evaluation.retriever import ItemKNNRetriever, TransitionTeacher
-from interactions.movielens import (
-    CHECKSUMS,
-    DATASET,
-    id_sort_key,
-    leave_one_out,
-    load_interactions,
-    load_items,
+from interactions.movielens import id_sort_key, leave_one_out
+from interactions.sources import (
+    TIE_RULE,
+    InteractionSource,
+    MovieLensSource,
+    movielens_description,
 )
 from training.config import TrainConfig
 
@@ -35,20 +34,29 @@ class TrainingData:
     # Items held out of training (the cold-start protocol); they stay in the catalogue
     # (``items``), so histories that hold them render them as text.
     cold: frozenset[str] = frozenset()
+    # The source's description (``interactions.sources``), for the manifest.
+    source: dict = field(default_factory=dict)
+    source_name: str = "movielens"
 
     @classmethod
-    def load(cls, folder: Path, users: Sequence[str] | None = None, cold_holdout: float = 0.0,
-             cold_seed: int = 0) -> TrainingData:
-        """MovieLens-100K from ``folder`` (``interactions.movielens.fetch_movielens``); ``users``
-        restricts it to a slice (fast tests); ``cold_holdout`` holds that share of the items
-        out of training (``evaluation.cold_lists.cold_items``)."""
-        interactions = load_interactions(folder)
+    def load(cls, source: InteractionSource | Path, users: Sequence[str] | None = None,
+             cold_holdout: float = 0.0, cold_seed: int = 0) -> TrainingData:
+        """The leave-one-out split of ``source`` (``interactions.sources``; a folder is
+        MovieLens-100K's, ``interactions.movielens.fetch_movielens``); ``users`` restricts it
+        to a slice (fast tests); ``cold_holdout`` holds that share of the items out of training
+        (``evaluation.cold_lists.cold_items``)."""
+        if isinstance(source, (str, Path)):
+            source = MovieLensSource(Path(source))
+        got = source.load()
+        interactions = got.interactions
         if users is not None:
             keep = set(users)
             interactions = [x for x in interactions if x.user_id in keep]
-        items = load_items(folder)
-        cold = cold_items([i.item_id for i in items], cold_holdout, cold_seed)
-        return cls.from_parts(leave_one_out(interactions), items, data_dir=Path(folder), cold=cold)
+        cold = cold_items([i.item_id for i in got.items], cold_holdout, cold_seed)
+        folder = getattr(source, "folder", None) if source.name == "movielens" else None
+        data = cls.from_parts(leave_one_out(interactions), got.items, data_dir=folder, cold=cold)
+        data.source, data.source_name = dict(got.description), source.name
+        return data
 
     @classmethod
     def from_parts(cls, split, items: Sequence[Item], data_dir: Path | None = None,
@@ -70,9 +78,10 @@ class TrainingData:
 def describe_data(data: TrainingData) -> dict:
     """The data set and split, as the manifest records them."""
     sp = data.split
-    return {"dataset": DATASET, "source": "recbole==1.2.1 wheel", "sha256": dict(CHECKSUMS),
+    tie = TIE_RULE.get(data.source_name, TIE_RULE["movielens"])
+    return {**(data.source or movielens_description()), "source_kind": data.source_name,
             "users": len(sp.users), "items": len(data.items), "train_interactions": len(sp.train),
-            "split": "leave-one-out by timestamp per user, ties by file row order; last = test, "
+            "split": f"leave-one-out by timestamp per user, {tie}; last = test, "
                      "second last = validation; all users; no rating threshold",
             "trained_on": "train part only (validation and test items never seen)"}
 

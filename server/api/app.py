@@ -20,17 +20,19 @@ from server.api.servicer import RerankerServicer
 from server.core import breaker as circuit
 from server.core import fallback
 from server.core.admission import Admission
+from server.core.impressions import ImpressionLog
 from server.core.pipeline import Pipeline, PipelineConfig
 from server.core.score_cache import ScoreCache
 from server.errors import InvalidArgument
 from server.features import open_store
 from server.features.cache import ItemCache
+from server.features.invalidation import Invalidation
 from server.metrics import Metrics
 from server.rules import RulesProvider
 from server.settings import Settings, parse_weights
 from server.telemetry import Telemetry
-from server.triton.client import TritonScorer
 from server.triton.models import ModelWatcher
+from server.triton.pool import endpoint_stats, open_scorer
 
 log = logging.getLogger(__name__)
 
@@ -68,11 +70,21 @@ class Gateway:
         # TLS files are checked first: a bad one fails start-up naming its setting.
         self.server_credentials = tls.server_credentials(settings.security)
         triton_credentials = tls.triton_credentials(settings.triton)
-        self.store = open_store(settings.store.url, history_len=settings.store.history_len)
-        self.scorer = TritonScorer(settings.triton.url, triton_credentials)
+        for name in ("log_top_k", "queue_size"):  # checked before anything is opened
+            if getattr(settings.online, name) < 1:
+                raise InvalidArgument("must be at least 1", field=f"online.{name}")
+        self.store = open_store(settings.store.url, history_len=settings.store.history_len,
+                                impression_retention_s=settings.online.retention_s)
+        # Online evaluation: each OK Rerank's top items, queued and written off the request path.
+        online = settings.online
+        self.impressions = (ImpressionLog(self.store, top_k=online.log_top_k, queue_size=online.queue_size)
+                            if online.log_impressions else None)
+        # One URL: a TritonScorer; a comma-separated list: a TritonPool over them (server.triton.pool).
+        self.scorer = open_scorer(settings.triton.url, triton_credentials, settings.triton.model_name)
         self.models = ModelWatcher(self.scorer, settings.triton.model_repository,
                                    settings.triton.model_name,
-                                   pinned_version=settings.triton.model_version)
+                                   pinned_version=settings.triton.model_version,
+                                   canary_salt=settings.triton.canary_salt)
         self.rules = RulesProvider(settings.rules.path or None)
         self.telemetry = Telemetry(settings.telemetry.traces, settings.telemetry.service_name,
                                    user_id_hash_key=settings.privacy.user_id_hash_key)
@@ -86,7 +98,14 @@ class Gateway:
                                  score_cache=ScoreCache(settings.server.score_cache_size),
                                  rules=self.rules, telemetry=self.telemetry,
                                  breaker=circuit.CircuitBreaker(settings.resilience.breaker_failures,
-                                                                settings.resilience.breaker_open_s))
+                                                                settings.resilience.breaker_open_s),
+                                 impressions=self.impressions)
+        # Gateways sharing a Redis store drop what the others change (server.features.invalidation).
+        self.invalidation = (Invalidation(self.store, on_items=self.item_cache.invalidate,
+                                          on_forget=self._forgotten_elsewhere,
+                                          on_resync=self.item_cache.clear)
+                             if getattr(self.store, "changes_channel", None) else None)
+        self._invalidation_task: asyncio.Task | None = None
         self._served_once = False  # a model version was ready at some point (health, degraded mode)
         self.metrics = Metrics(settings.telemetry.metrics_port > 0, settings.telemetry.service_name)
         self._register_metrics()
@@ -98,8 +117,13 @@ class Gateway:
         interceptors = ([AuthInterceptor(self.api_keys, open_health=sec.open_health,
                                          open_reflection=sec.open_reflection, metrics=self.metrics)]
                         if self.api_keys is not None else [])
+        srv = settings.server
         self.server = grpc.aio.server(interceptors=interceptors, options=[
             ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+            # A bounded connection age makes DNS-balancing clients re-resolve (server.max_connection_age_s).
+            *([("grpc.max_connection_age_ms", int(srv.max_connection_age_s * 1000)),
+               ("grpc.max_connection_age_grace_ms", int(srv.max_connection_age_grace_s * 1000))]
+              if srv.max_connection_age_s > 0 else []),
         ])
         self.port: int | None = None
         self._watch_task: asyncio.Task | None = None
@@ -144,6 +168,10 @@ class Gateway:
             self.collector.install()
             self._gc_task = asyncio.create_task(self.collector.run())
         self._watch_task = asyncio.create_task(self._watch_models())
+        if self.invalidation is not None:
+            self._invalidation_task = asyncio.create_task(self.invalidation.run())
+        if self.impressions is not None:
+            self.impressions.start()
         self._rules_task = (asyncio.create_task(self.rules.watch(self.settings.rules.reload_interval_s))
                             if self.settings.rules.path else None)
         return self.port
@@ -161,6 +189,12 @@ class Gateway:
             m.observe(f"rerankd.{name}.entries", lambda c=cache: c().stats()["size"],
                       description=f"entries in the {name.replace('_', ' ')}")
         m.observe("rerankd.in_flight", lambda: p.admission.in_flight, description="Requests in the pipeline now")
+        if self.invalidation is not None:
+            inv = self.invalidation
+            m.observe("rerankd.invalidation.subscribed", lambda: float(inv.subscribed.is_set()),
+                      description="1 while subscribed to the store's change channel (other gateways' writes)")
+            m.observe("rerankd.invalidation.received", lambda: inv.received, kind="counter",
+                      description="Changes announced by other gateways and applied to this one's caches")
         m.observe("rerankd.admission.rejected", lambda: p.admission.rejected, kind="counter",
                   description="Requests refused at the in-flight limit (RESOURCE_EXHAUSTED)")
         m.observe("rerankd.admission.shed", lambda: p.admission.shed, kind="counter",
@@ -172,8 +206,29 @@ class Gateway:
                   description="Inference calls open on the channel to Triton")
         m.observe("rerankd.triton.abandoned_calls", lambda: self.scorer.abandoned_calls,
                   description="Inference calls past their caller's deadline, still running in Triton")
+        m.observe("rerankd.triton.endpoint.up",
+                  lambda: [(float(e.up), {"endpoint": e.url}) for e in endpoint_stats(self.scorer)],
+                  description="1 while the Triton endpoint takes calls (reachable, a version READY), else 0")
+        m.observe("rerankd.triton.endpoint.open_calls",
+                  lambda: [(e.open_calls, {"endpoint": e.url}) for e in endpoint_stats(self.scorer)],
+                  description="Inference calls open to each Triton endpoint")
+        m.observe("rerankd.triton.endpoint.answered",
+                  lambda: [(e.answered_calls, {"endpoint": e.url}) for e in endpoint_stats(self.scorer)],
+                  kind="counter", description="Inference calls each Triton endpoint answered")
+        m.observe("rerankd.triton.retries", lambda: getattr(self.scorer, "retries", 0), kind="counter",
+                  description="Inference calls sent again to another Triton endpoint after theirs was unreachable")
+        if self.impressions is not None:
+            imp = self.impressions
+            m.observe("rerankd.impressions.written", lambda: imp.written, kind="counter",
+                      description="Impressions (what a Rerank reply showed) written to the feature store")
+            m.observe("rerankd.impressions.dropped", lambda: imp.dropped + imp.failed, kind="counter",
+                      description="Impressions not written: the queue was full, or the store refused the write")
+            m.observe("rerankd.impressions.queued", lambda: imp.queued,
+                      description="Impressions waiting to be written")
         m.observe("rerankd.model.serving", self._serving,
                   description="1 with the served model version as labels; 0 while no version is ready")
+        m.observe("rerankd.model.canary_share", self._canary,
+                  description="Share of users routed to the canary candidate version (labels), 0 without one")
         m.observe("rerankd.rerank.degraded",
                   lambda: [(p.degraded.get(r, 0), {"reason": r}) for r in fallback.REASONS], kind="counter",
                   description="Rerank replies answered with the fallback order (degraded), by reason")
@@ -183,11 +238,24 @@ class Gateway:
         m.observe("rerankd.breaker.opened", lambda: p.breaker.transitions[circuit.OPEN], kind="counter",
                   description="Times the circuit breaker opened (failed probes included)")
 
+    def _forgotten_elsewhere(self, user: str) -> None:
+        """Another gateway erased ``user``: drop this one's cached scores and queued impressions
+        (one being written at that moment can still land: a repeated ForgetUser erases it)."""
+        self.pipeline.score_cache.forget(user)
+        if self.impressions is not None:
+            self.impressions.drop_queued(user)
+
     def _serving(self) -> list[tuple[float, dict[str, str]]]:
         current = self.models.current  # read once: the watcher may swap it meanwhile
         if current is None:
             return [(0.0, {"model": self.settings.triton.model_name, "version": ""})]
         return [(1.0, {"model": current.name, "version": current.version})]
+
+    def _canary(self) -> list[tuple[float, dict[str, str]]]:
+        candidate, share = self.models.candidate, self.models.share  # read once
+        if candidate is None:
+            return [(0.0, {"model": self.settings.triton.model_name, "version": ""})]
+        return [(share, {"model": candidate.name, "version": candidate.version})]
 
     async def _set_health(self) -> None:
         """``""`` and the service: SERVING while Rerank answers OK. In degrade mode that is from
@@ -217,11 +285,13 @@ class Gateway:
         """Stop accepting, let in-flight requests finish (up to ``grace_s``), close clients."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace_s)
-        for task in (self._watch_task, self._rules_task, self._gc_task):
+        for task in (self._watch_task, self._rules_task, self._gc_task, self._invalidation_task):
             if task:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        if self.impressions is not None:  # after the drain: what the last replies showed
+            await self.impressions.close()
         if self.collector is not None:
             self.collector.uninstall()
         await self.scorer.close()

@@ -69,7 +69,7 @@ def rerank_response(resp: RerankResponse):
 def events(msg, *, now: float | None = None) -> list[Event]:
     now = time.time() if now is None else now
     return [Event(e.user_id, e.item_id, e.event_type, e.timestamp or now,
-                  e.value if e.HasField("value") else None, e.idempotency_key) for e in msg.events]
+                  e.value if e.HasField("value") else None, e.idempotency_key, e.request_id) for e in msg.events]
 
 
 def items(msg) -> list[Item]:

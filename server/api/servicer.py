@@ -11,7 +11,7 @@ from server.api import convert
 from server.api.errors import grpc_errors
 from server.api.pb import reranker_pb2 as pb
 from server.api.pb import reranker_pb2_grpc as pb_grpc
-from server.core.pipeline import Pipeline
+from server.core.pipeline import SERVED_VERSION, Pipeline
 from server.metrics import Metrics
 from server.telemetry import Telemetry
 
@@ -29,7 +29,15 @@ class RerankerServicer(pb_grpc.RerankerServicer):
         t0 = time.perf_counter()
         req = convert.rerank_request(request, request_id=request_id, timeout_s=context.time_remaining())
         self.telemetry.tag_user(req.user_id)
-        result = await self.pipeline.rerank(req)
+        try:
+            result = await self.pipeline.rerank(req)
+        except BaseException:
+            if version := SERVED_VERSION.get():  # resolved to a version, then failed
+                self.metrics.rerank_version(version, "error", time.perf_counter() - t0)
+            raise
+        if result.model_version:
+            self.metrics.rerank_version(result.model_version, "degraded" if result.degraded_reason else "ok",
+                                        time.perf_counter() - t0)
         self.metrics.stages(result.timings_ms)
         resp = convert.rerank_response(result)
         # "handler": this method, conversions included; the caller's latency minus it is the

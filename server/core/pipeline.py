@@ -15,6 +15,7 @@ import dataclasses
 import time
 from collections import Counter
 from collections.abc import Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -25,6 +26,7 @@ from contract.render import Renderer
 from server.core import fallback
 from server.core.admission import Admission
 from server.core.breaker import CircuitBreaker
+from server.core.impressions import ImpressionLog
 from server.core.score_cache import ScoreCache
 from server.core.stages import Features, Plan, Ranking, Scores
 from server.core.validate import (
@@ -64,7 +66,12 @@ class InferenceClient(Protocol):
 
 
 class ModelSource(Protocol):
-    def require(self): ...
+    def require(self, user_id: str = ""): ...
+
+
+# The version a Rerank was resolved to, for the caller's per-version metrics even when the
+# request then fails (set by ``_resolve`` in the request's own task).
+SERVED_VERSION: ContextVar[str] = ContextVar("served_version", default="")
 
 
 @dataclass(frozen=True)
@@ -145,7 +152,7 @@ class Pipeline:
     def __init__(self, config: PipelineConfig, store, scorer: InferenceClient, models: ModelSource,
                  admission: Admission | None = None, items=None, score_cache: ScoreCache | None = None,
                  rules: RulesProvider | None = None, telemetry: Telemetry | None = None,
-                 breaker: CircuitBreaker | None = None):
+                 breaker: CircuitBreaker | None = None, impressions: ImpressionLog | None = None):
         self.config = config
         self.telemetry = telemetry or Telemetry("none")
         # Business rules (server.rules); without a file: the empty default set (model order).
@@ -164,6 +171,8 @@ class Pipeline:
         self._unblended = fallback.Unblended()
         self.degraded: Counter[str] = Counter()  # reason -> degraded replies (read by metrics)
         self._last_model = ("", "")  # (name, version) last served: named in degraded replies
+        # Online evaluation: what each OK reply showed, queued for the store (None: not logged).
+        self.impressions = impressions
 
     def _version(self, model) -> _Version:
         """The pipeline's state for the served version, built once per loaded model."""
@@ -210,10 +219,13 @@ class Pipeline:
         name, version = (model.name, model.version) if model is not None else self._last_model
         if scores.degraded:
             self.degraded[scores.degraded] += 1
-        return RerankResponse(items=ranking.items, model_name=name, model_version=version,
+        resp = RerankResponse(items=ranking.items, model_name=name, model_version=version,
                               timings_ms=watch.stages, request_id=req.request_id,
                               filtered=ranking.filtered if req.explain else [],
                               degraded_reason=scores.degraded)
+        if self.impressions is not None:
+            self.impressions.offer(req, resp)
+        return resp
 
     def _resolve(self, req: RerankRequest, watch: _Stopwatch) -> Plan:
         """Validate, then fix the rule set and model version before any work: an unknown rule
@@ -225,7 +237,8 @@ class Pipeline:
             ruleset = apply_overrides(ruleset, req.rule_overrides)
         budget_s = req.timeout_s if req.timeout_s is not None else self.config.default_timeout_s
         try:
-            model = self.models.require()
+            # The user's version: the canary candidate for the users it routes there.
+            model = self.models.require(req.user_id)
         except Unavailable:
             if not self._degrade:
                 raise
@@ -235,6 +248,7 @@ class Pipeline:
         else:
             version = self._version(model)
             self._last_model = (model.name, model.version)
+            SERVED_VERSION.set(model.version)
             plan = Plan(model, version.with_blend(ruleset), version.renderer, budget_s)
         watch.mark("validate")
         return plan
@@ -416,10 +430,13 @@ class Pipeline:
 
     async def forget_user(self, user_id: str) -> tuple[int, int]:
         """Erase the user's events from the store, then the scores this gateway cached under
-        the user's texts (see ``ScoreCache.forget``: other gateways' caches are not reached).
+        the user's texts (see ``ScoreCache.forget``; with a Redis store the other gateways
+        drop theirs when the store announces the erasure: ``server.features.invalidation``).
         Returns (events removed, cached scores removed); a repeat returns (0, 0). A Rerank of
         the user already in flight may cache scores again afterwards; a repeat drops them."""
         validate_forget(user_id)
+        if self.impressions is not None:  # queued impressions first: none may land after the erasure
+            await self.impressions.forget(user_id)
         events = await self.store.forget_user(user_id)
         return events, self.score_cache.forget(user_id)
 

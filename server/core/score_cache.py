@@ -11,11 +11,13 @@ every entry under every text the user's requests were scored with (each history 
 context text), including entries other users with the identical text would have hit (they
 are recomputed), in time proportional to those entries, not to the cache. The pipeline names
 an owner only when the user's own events shaped the text (see ``Pipeline._score``).
-Each gateway process has its own cache and ``forget`` reaches only that one. In the
-others, the user's entries are keyed by a digest of user texts rendered from the erased
-history: once the history is gone no request renders those texts again, so they are never
-served, and they leave as the LRU evicts them (there is no expiry); calling ForgetUser on
-every gateway removes them at once (the store part is idempotent).
+Each gateway process has its own cache and ``forget`` reaches only that one. With a Redis
+store, the store announces the erasure and every other gateway calls ``forget`` too
+(``server.features.invalidation``). Otherwise (SQLite, or a message lost while a gateway's
+subscription was down), the others' entries are keyed by a digest of user texts rendered
+from the erased history: once the history is gone no request renders those texts again, so
+they are never served, and they leave as the LRU evicts them (there is no expiry); calling
+ForgetUser on every gateway removes them at once (the store part is idempotent).
 """
 
 from __future__ import annotations

@@ -18,6 +18,9 @@ MAX_ID_LEN = 256
 # Override values are parsed as YAML in pure Python on the event loop: bound the work.
 MAX_OVERRIDES = 32
 MAX_OVERRIDE_LEN = 4096
+# An event's request_id: what ``server.api.errors.request_id_of`` hands out (a caller's
+# x-request-id, cut to 128 characters, or a uuid), as printable ASCII.
+MAX_REQUEST_ID_LEN = 128
 
 
 def _id_error(value: str) -> str | None:
@@ -90,6 +93,15 @@ def validate_events(events: Sequence[Event], *, now: float, max_events: int) -> 
             raise InvalidArgument(f"is {e.timestamp - now:.0f}s in the future", field=f"events[{i}].timestamp")
         if e.value is not None and not math.isfinite(e.value):
             raise InvalidArgument("must be a finite number", field=f"events[{i}].value")
+        if e.request_id:
+            _check_request_id(e.request_id, f"events[{i}].request_id")
+
+
+def _check_request_id(value: str, field: str) -> None:
+    if len(value) > MAX_REQUEST_ID_LEN:
+        raise InvalidArgument(f"longer than {MAX_REQUEST_ID_LEN} characters", field=field)
+    if not (value.isascii() and value.isprintable()) or value.isspace():
+        raise InvalidArgument("must be printable ASCII (a RerankResponse.request_id)", field=field)
 
 
 def validate_items(items: Sequence[Item], deletes: Sequence[str], *, max_items: int) -> None:

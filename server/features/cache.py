@@ -5,9 +5,11 @@ now may be created a moment later by ``UpsertItems``, and must then be seen at o
 The price is that candidates with unknown ids go to the store on every request.
 
 Each gateway has its own cache, and ``invalidate`` only reaches the cache it is called
-on: after an upsert or delete made through another gateway, this one may serve the old
-item for up to ``ttl_s`` (never expiring when ``ttl_s`` is None). Set ``ttl_s`` when
-several gateways share a store.
+on. With a Redis store, the other gateways hear of each upsert or delete over pub/sub
+(``server.features.invalidation``) and invalidate within a hop; ``ttl_s`` bounds how long
+an item can stay stale when that message is lost (never expiring when ``ttl_s`` is None),
+and it is the only bound for gateways sharing any other store. Set ``ttl_s`` when several
+gateways share a store.
 
 Async-safe within one event loop (the gateway's): the bookkeeping never awaits, and an
 item invalidated while a store read for it is in flight is not cached from that read.

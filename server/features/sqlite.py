@@ -21,7 +21,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from server.types import Event, Item, RecordResult
+from server.features.base import IMPRESSION_RETENTION_S
+from server.types import Event, Impression, Item, RecordResult
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
@@ -40,15 +41,33 @@ CREATE TABLE IF NOT EXISTS events (
     idem_key   TEXT UNIQUE
 );
 CREATE INDEX IF NOT EXISTS events_by_user ON events (user_id, ts DESC, seq DESC);
+CREATE TABLE IF NOT EXISTS impressions (
+    request_id    TEXT PRIMARY KEY,
+    user_id       TEXT NOT NULL,
+    model_name    TEXT NOT NULL,
+    model_version TEXT NOT NULL,
+    degraded      TEXT NOT NULL DEFAULT '',
+    item_ids      TEXT NOT NULL,
+    ts            REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS impressions_by_ts ON impressions (ts);
+CREATE INDEX IF NOT EXISTS impressions_by_user ON impressions (user_id);
+"""
+
+# Run after ``_SCHEMA`` on a file written before events had a request_id (see ``_migrate``).
+_AFTER_MIGRATION = """
+CREATE INDEX IF NOT EXISTS events_by_request ON events (request_id) WHERE request_id IS NOT NULL;
 """
 
 
 class SqliteStore:
     """``FeatureStore`` over one SQLite file."""
 
-    def __init__(self, path: str | Path, *, history_len: int = 20):
+    def __init__(self, path: str | Path, *, history_len: int = 20,
+                 impression_retention_s: float = IMPRESSION_RETENTION_S):
         self.path = Path(path)
         self.history_len = history_len
+        self.impression_retention_s = impression_retention_s
         if str(self.path) != ":memory:":
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
@@ -69,11 +88,23 @@ class SqliteStore:
                 self._db.execute("PRAGMA synchronous=FULL")
                 self._db.execute("PRAGMA secure_delete=ON")  # deleted rows are overwritten, not left in free pages
                 self._db.executescript(_SCHEMA)
+                self._migrate()
+                self._db.executescript(_AFTER_MIGRATION)
                 return
             except sqlite3.OperationalError as exc:
                 if "locked" not in str(exc) or attempt == attempts - 1:
                     raise
                 time.sleep(0.1)
+
+    def _migrate(self) -> None:
+        """Columns added since a database file may have been created."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(events)")}
+        if "request_id" not in columns:
+            try:
+                self._db.execute("ALTER TABLE events ADD COLUMN request_id TEXT")
+            except sqlite3.OperationalError as exc:  # another process added it meanwhile
+                if "duplicate column" not in str(exc):
+                    raise
 
     async def _run(self, fn, *args):
         return await asyncio.to_thread(self._locked, fn, *args)
@@ -138,9 +169,10 @@ class SqliteStore:
                 cur = self._db.execute(
                     # Only an idempotency-key conflict is ignored; any other violation
                     # (NOT NULL...) raises and rolls the whole batch back.
-                    "INSERT INTO events (user_id, item_id, event_type, ts, value, idem_key) "
-                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(idem_key) DO NOTHING",
-                    (e.user_id, e.item_id, e.event_type, e.timestamp, e.value, e.idempotency_key or None),
+                    "INSERT INTO events (user_id, item_id, event_type, ts, value, idem_key, request_id) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(idem_key) DO NOTHING",
+                    (e.user_id, e.item_id, e.event_type, e.timestamp, e.value, e.idempotency_key or None,
+                     e.request_id or None),
                 )
                 accepted += cur.rowcount
         return RecordResult(accepted=accepted, duplicates=len(events) - accepted)
@@ -152,8 +184,8 @@ class SqliteStore:
 
     def _recent(self, user_id: str, limit: int) -> list[Event]:
         rows = self._read.execute(
-            "SELECT user_id, item_id, event_type, ts, value, COALESCE(idem_key, '') FROM events "
-            "WHERE user_id = ? ORDER BY ts DESC, seq DESC LIMIT ?",
+            "SELECT user_id, item_id, event_type, ts, value, COALESCE(idem_key, ''), COALESCE(request_id, '') "
+            "FROM events WHERE user_id = ? ORDER BY ts DESC, seq DESC LIMIT ?",
             (user_id, limit),
         )
         return [Event(*row) for row in rows]
@@ -166,7 +198,9 @@ class SqliteStore:
             self._db.execute("BEGIN IMMEDIATE")
             # The idempotency keys live in the rows, so they go with them.
             cur = self._db.execute("DELETE FROM events WHERE user_id = ?", (user_id,))
-        return cur.rowcount
+            removed = cur.rowcount
+            self._db.execute("DELETE FROM impressions WHERE user_id = ?", (user_id,))
+        return removed
 
     def _truncate_wal(self) -> None:
         """Best effort: copy the log into the file and empty it. Its own connection, so the
@@ -185,6 +219,67 @@ class SqliteStore:
         if removed and str(self.path) != ":memory:":
             await asyncio.to_thread(self._truncate_wal)
         return removed
+
+    # -- impressions (online evaluation) -----------------------------------------------
+    def _record_impressions(self, impressions: Sequence[Impression]) -> int:
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany(
+                "INSERT OR REPLACE INTO impressions (request_id, user_id, model_name, model_version, degraded, "
+                "item_ids, ts) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(i.request_id, i.user_id, i.model_name, i.model_version, i.degraded_reason,
+                  json.dumps(list(i.item_ids)), i.timestamp) for i in impressions])
+            # Retention: what is past it goes with the next write (the ts index finds it).
+            self._db.execute("DELETE FROM impressions WHERE ts < ?", (time.time() - self.impression_retention_s,))
+        return len(impressions)
+
+    async def record_impressions(self, impressions: Sequence[Impression]) -> int:
+        return await self._run(self._record_impressions, impressions) if impressions else 0
+
+    def _export_impressions(self, since: float) -> list[Impression]:
+        rows = self._db.execute(
+            "SELECT request_id, user_id, model_name, model_version, item_ids, ts, degraded FROM impressions "
+            "WHERE ts >= ? ORDER BY ts", (since,))
+        return [Impression(rid, user, name, version, tuple(json.loads(ids)), ts, degraded)
+                for rid, user, name, version, ids, ts, degraded in rows]
+
+    async def export_impressions(self, since: float = 0.0) -> list[Impression]:
+        # Past retention but not yet pruned (no write since): gone, as on Redis.
+        return await self._run(self._export_impressions, max(since, time.time() - self.impression_retention_s))
+
+    def _export_attributed(self, since: float) -> list[Event]:
+        rows = self._db.execute(
+            "SELECT user_id, item_id, event_type, ts, value, COALESCE(idem_key, ''), request_id FROM events "
+            "WHERE request_id IS NOT NULL AND ts >= ? ORDER BY ts, seq", (since,))
+        return [Event(*row) for row in rows]
+
+    async def export_attributed_events(self, since: float = 0.0) -> list[Event]:
+        return await self._run(self._export_attributed, since)
+
+    # -- offline export (training on the store's own logs) ---------------------------------
+    def _events_after(self, seq: int, batch: int) -> list[tuple]:
+        return self._read.execute(
+            "SELECT seq, user_id, item_id, event_type, ts, value, COALESCE(idem_key, '') FROM events "
+            "WHERE seq > ? ORDER BY seq LIMIT ?", (seq, batch)).fetchall()
+
+    async def export_events(self, batch: int = 10_000):
+        """Every event, oldest-recorded (lowest ``seq``) first, in lists of up to ``batch``."""
+        last = 0
+        while rows := self._reading(self._events_after, last, batch):
+            last = rows[-1][0]
+            yield [Event(user, item, etype, ts, value, key) for _, user, item, etype, ts, value, key in rows]
+
+    def _items_after(self, item_id: str, batch: int) -> list[tuple]:
+        return self._read.execute(
+            "SELECT item_id, title, text, attributes FROM items WHERE item_id > ? ORDER BY item_id LIMIT ?",
+            (item_id, batch)).fetchall()
+
+    async def export_items(self, batch: int = 10_000):
+        """Every item, by ``item_id`` (text order), in lists of up to ``batch``."""
+        last = ""
+        while rows := self._reading(self._items_after, last, batch):
+            last = rows[-1][0]
+            yield [Item(i, title, text, json.loads(attrs)) for i, title, text, attrs in rows]
 
     async def close(self) -> None:
         with self._lock:

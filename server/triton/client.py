@@ -62,12 +62,14 @@ class TritonScorer:
         # Whether Triton answered the last model-state check (``ready_versions``): a degraded
         # reply without a ready model says "triton_unavailable" rather than "model_not_ready".
         self.reachable = True
+        # Inference calls Triton answered (per-endpoint metrics, ``server.triton.pool``).
+        self.answered_calls = 0
 
-    async def ready_versions(self, model_name: str) -> list[str]:
+    async def ready_versions(self, model_name: str, timeout_s: float = 2.0) -> list[str]:
         """Versions of ``model_name`` that Triton reports READY (empty if none or unreachable)."""
         try:
             # Bounded: a Triton that is down must not stall the watcher (or start-up).
-            index = await self._client.get_model_repository_index(as_json=True, client_timeout=2.0)
+            index = await self._client.get_model_repository_index(as_json=True, client_timeout=timeout_s)
         except InferenceServerException as exc:
             self.reachable = str(exc.status() or "") != "StatusCode.UNAVAILABLE"
             return []
@@ -118,6 +120,7 @@ class TritonScorer:
             raise
         except InferenceServerException as exc:
             raise _translate(exc) from None
+        self.answered_calls += 1
         # [rows, 1] (a score per row) or [rows, width] (per token): the batch reads it.
         return result.as_numpy(spec.output_name).astype(np.float32)
 

@@ -98,7 +98,7 @@ def _served_batch(tmp_path, tokenizer, manifest, history, cands):
         store = SqliteStore(tmp_path / "s.db")
         await store.upsert_items(list(ITEMS.values()))
         await store.record_events([Event("u", i, "rating", 1000.0 - n, 4.0, f"k{n}") for n, i in enumerate(history)])
-        models = SimpleNamespace(require=lambda: SimpleNamespace(
+        models = SimpleNamespace(require=lambda user_id="": SimpleNamespace(
             name="reranker", version="1", tokenizer=tokenizer, spec=manifest.spec, manifest=manifest))
         cap = _Capture()
         await Pipeline(PipelineConfig(), store, cap, models).rerank(

@@ -52,7 +52,7 @@ class Models:
                                        spec=tokenizer.spec,
                                        manifest=Manifest(spec=tokenizer.spec, base_model="x"))
 
-    def require(self):
+    def require(self, user_id=""):
         if self.current is None:
             raise Unavailable("no model")
         return self.current

@@ -51,7 +51,7 @@ class Models:
         self.current = SimpleNamespace(name="reranker", version="3", tokenizer=tokenizer, spec=tokenizer.spec,
                                        manifest=Manifest(spec=tokenizer.spec, base_model="x"))
 
-    def require(self):
+    def require(self, user_id: str = ""):
         return self.current
 
 

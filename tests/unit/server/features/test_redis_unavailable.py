@@ -104,7 +104,7 @@ def test_request_errors_are_not_reported_as_unavailable(tmp_path):
         store = RedisStore(proc.url)
         try:
             # Redis answers WRONGTYPE: an error of the data, not Redis down.
-            await store._r.set(store.prefix + "ev:u", "not a sorted set")
+            await store._r.set(store._ev_key("u"), "not a sorted set")
             return await store.record_events([Event("u", "a", "click", 1.0, None, "")])
         finally:
             await store.close()
