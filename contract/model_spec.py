@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import bisect
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -109,6 +110,49 @@ class ModelSpec:
         for key, value in sorted((parameters or {}).items()):
             lines.append(f'parameters {{\n  key: "{key}"\n  value: {{ string_value: "{value}" }}\n}}')
         return "\n".join(lines) + "\n"
+
+
+_POLICY = re.compile(r"^\s*version_policy\s*:?\s*\{", re.M)
+
+
+def version_policy_span(config_text: str) -> tuple[int, int] | None:
+    """Where a config.pbtxt's ``version_policy { ... }`` block starts and ends (None: no
+    policy, Triton's default). ``ValueError`` when its braces do not balance."""
+    m = _POLICY.search(config_text)
+    if m is None:
+        return None
+    start = m.start() + len(m.group(0)) - len(m.group(0).lstrip())
+    depth = 0
+    for i in range(m.end() - 1, len(config_text)):
+        if config_text[i] == "{":
+            depth += 1
+        elif config_text[i] == "}":
+            depth -= 1
+            if depth == 0:
+                return start, i + 1
+    raise ValueError("unbalanced braces in version_policy")
+
+
+def with_version_policy(config_text: str, policy: str) -> str:
+    """``config_text`` with its version policy replaced by ``policy`` (the whole
+    ``version_policy: {...}`` text), or ``policy`` appended when it has none."""
+    span = version_policy_span(config_text)
+    if span is None:
+        return config_text.rstrip("\n") + "\n" + policy + "\n"
+    return config_text[:span[0]] + policy + config_text[span[1]:]
+
+
+def pinned_version_policy(config_text: str) -> str | None:
+    """The policy text when it names specific versions (a roll-out pinned them: see
+    ``server.triton.rollout``), else None."""
+    try:
+        span = version_policy_span(config_text)
+    except ValueError:
+        return None
+    if span is None:
+        return None
+    policy = config_text[span[0]:span[1]]
+    return policy if "specific" in policy else None
 
 
 @dataclass

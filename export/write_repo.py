@@ -10,7 +10,12 @@ import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
-from contract.model_spec import Manifest, ModelSpec
+from contract.model_spec import (
+    Manifest,
+    ModelSpec,
+    pinned_version_policy,
+    with_version_policy,
+)
 from export.tiny import copy_tokenizer_files
 
 DEFAULT_PARAMETERS = {"intra_op_threads": "2"}
@@ -54,11 +59,19 @@ def _write_text_atomic(path: Path, text: str) -> None:
 
 def write_config(repo: Path, spec: ModelSpec, *, backend: str = "python",
                  parameters: dict[str, str] | None = None) -> Path:
-    """Write ``<repo>/<spec.name>/config.pbtxt`` (atomically) from the spec."""
+    """Write ``<repo>/<spec.name>/config.pbtxt`` (atomically) from the spec.
+
+    A policy naming specific versions (a roll-out's, ``rerankd model``) is kept: with the
+    spec's newest-version policy, a Triton restart would load a version just exported, and
+    gateways would serve it, before anyone chose to roll it out."""
     path = Path(repo) / spec.name / "config.pbtxt"
     path.parent.mkdir(parents=True, exist_ok=True)
     params = DEFAULT_PARAMETERS if parameters is None else parameters
-    _write_text_atomic(path, spec.config_pbtxt(backend=backend, parameters=params))
+    text = spec.config_pbtxt(backend=backend, parameters=params)
+    pinned = pinned_version_policy(path.read_text()) if path.is_file() else None
+    if pinned is not None:
+        text = with_version_policy(text, pinned)
+    _write_text_atomic(path, text)
     return path
 
 

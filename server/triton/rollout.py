@@ -23,7 +23,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -31,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from contract.model_spec import with_version_policy
 from server.errors import InvalidArgument, NotFound, Unavailable
 
 log = logging.getLogger(__name__)
@@ -137,32 +137,15 @@ def routes_to_candidate(salt: str, user_id: str, share: float) -> bool:
 
 
 # -- the model's config.pbtxt --------------------------------------------------------------------
-_POLICY = re.compile(r"^\s*version_policy\s*:?\s*\{", re.M)
-
-
-def _block_end(text: str, open_brace: int) -> int:
-    depth = 0
-    for i in range(open_brace, len(text)):
-        if text[i] == "{":
-            depth += 1
-        elif text[i] == "}":
-            depth -= 1
-            if depth == 0:
-                return i + 1
-    raise InvalidArgument("unbalanced braces in version_policy", field=CONFIG_FILE)
-
-
 def with_versions(config_text: str, versions: Sequence[str]) -> str:
     """``config_text`` with its version policy set to exactly ``versions`` (the rest kept
     as written)."""
     nums = sorted({int(v) for v in versions})
     policy = "version_policy: { specific: { versions: [ %s ] } }" % ", ".join(map(str, nums))
-    m = _POLICY.search(config_text)
-    if m is None:
-        return config_text.rstrip("\n") + "\n" + policy + "\n"
-    start = m.start() + len(m.group(0)) - len(m.group(0).lstrip())
-    end = _block_end(config_text, m.end() - 1)
-    return config_text[:start] + policy + config_text[end:]
+    try:
+        return with_version_policy(config_text, policy)
+    except ValueError as exc:
+        raise InvalidArgument(str(exc), field=CONFIG_FILE) from None
 
 
 def config_inputs(config_text: str) -> tuple[str, ...]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from contract.model_spec import Manifest, ModelSpec
+from contract.model_spec import Manifest, ModelSpec, with_version_policy
 from export.write_repo import next_version, write_config, write_version
 
 
@@ -85,3 +85,15 @@ def test_missing_backend_writes_nothing(parts, tmp_path):
         write_version(parts["repo"], ModelSpec(), parts["onnx"], parts["tok"], parts["manifest"],
                       backend_src=tmp_path / "nope.py")
     assert next_version(parts["repo"], "reranker") == 1
+
+
+def test_an_export_keeps_a_roll_outs_pinned_versions(tmp_path):
+    spec = ModelSpec()
+    path = write_config(tmp_path, spec)
+    assert "latest: { num_versions: 1 }" in path.read_text()  # no roll-out: the newest version
+    pinned = "version_policy: { specific: { versions: [ 2, 3 ] } }"
+    path.write_text(with_version_policy(path.read_text(), pinned))
+    write_config(tmp_path, spec)  # a later export rewrites the config from the spec
+    text = path.read_text()
+    assert pinned in text and "latest" not in text
+    assert text.count("version_policy") == 1
