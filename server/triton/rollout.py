@@ -32,6 +32,7 @@ from pathlib import Path
 
 from contract.model_spec import with_version_policy
 from server.errors import InvalidArgument, NotFound, Unavailable
+from server.triton.pool import parse_urls
 
 log = logging.getLogger(__name__)
 
@@ -289,7 +290,7 @@ class Rollout:
         self.url = url
         # ``triton.url`` may list several Tritons (``server.triton.pool``) on one repository:
         # each must hold the same versions, and each instance is warmed.
-        self.urls = [u.strip() for u in url.split(",") if u.strip()]
+        self.urls = parse_urls(url)
         self.repo = Path(repo)
         self.name = name
         self.poll_interval_s = poll_interval_s
