@@ -21,26 +21,8 @@ if str(ROOT) not in sys.path:  # `pytest` run without `python -m`
 from server.features.redis import RedisStore  # noqa: E402
 from server.features.sqlite import SqliteStore  # noqa: E402
 from server.types import Event, Item, RecordResult  # noqa: E402
-from tests.redis_server import SKIP_REASON, RedisServerNotInstalled, start_redis  # noqa: E402
 
 # -- fixtures ----------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def redis_proc(tmp_path_factory):
-    try:
-        proc = start_redis(tmp_path_factory.mktemp("redis"), appendonly=True)
-    except RedisServerNotInstalled:
-        pytest.skip(SKIP_REASON)
-    yield proc
-    proc.stop()
-
-
-@pytest.fixture
-def aio():
-    """Run coroutines on one event loop for the whole test (stores are bound to it)."""
-    with asyncio.Runner() as runner:
-        yield runner.run
 
 
 class Backend:

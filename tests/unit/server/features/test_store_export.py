@@ -17,17 +17,6 @@ if str(ROOT) not in sys.path:  # `pytest` run without `python -m`
 from server.features.redis import RedisStore  # noqa: E402
 from server.features.sqlite import SqliteStore  # noqa: E402
 from server.types import Event, Item  # noqa: E402
-from tests.redis_server import SKIP_REASON, RedisServerNotInstalled, start_redis  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def redis_proc(tmp_path_factory):
-    try:
-        proc = start_redis(tmp_path_factory.mktemp("redis"), appendonly=False)
-    except RedisServerNotInstalled:
-        pytest.skip(SKIP_REASON)
-    yield proc
-    proc.stop()
 
 
 @pytest.fixture(params=["sqlite", "redis"])

@@ -3,7 +3,6 @@ real ``redis-server``; the SQLite migration of a database file from before ``req
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 import time
 import uuid
@@ -13,23 +12,6 @@ import pytest
 from server.features.redis import RedisStore
 from server.features.sqlite import SqliteStore
 from server.types import Event, Impression
-from tests.redis_server import SKIP_REASON, RedisServerNotInstalled, start_redis
-
-
-@pytest.fixture(scope="module")
-def redis_proc(tmp_path_factory):
-    try:
-        proc = start_redis(tmp_path_factory.mktemp("redis"), appendonly=True)
-    except RedisServerNotInstalled:
-        pytest.skip(SKIP_REASON)
-    yield proc
-    proc.stop()
-
-
-@pytest.fixture
-def aio():
-    with asyncio.Runner() as runner:
-        yield runner.run
 
 
 @pytest.fixture(params=["sqlite", "redis"])
