@@ -1,4 +1,4 @@
-"""``rerankd`` command line: serve, triton, export, data, client.
+"""``rerankd`` command line: serve, triton, export, data, train, eval, client, keys, model, report.
 
 Settings are parsed here once (file + environment + flags) and passed down.
 """
