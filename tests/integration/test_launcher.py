@@ -97,7 +97,12 @@ def stop_and_check_nothing_left(launcher: subprocess.Popen, sig: int, out: Path)
     triton = tritonserver_of(launcher.pid)
     assert stubs_of(triton.pid)
     launcher.send_signal(sig)
-    assert launcher.wait(40) == 0, out.read_text()
+    try:
+        code = launcher.wait(40)
+    except subprocess.TimeoutExpired:  # say what was still running, and what the launcher said
+        pytest.fail(f"launcher still running 40 s after signal {sig}; tritonserver's group: "
+                    f"{group_members(triton.pid)}; output:\n{out.read_text()}")
+    assert code == 0, out.read_text()
     assert group_members(triton.pid) == [], "tritonserver or a stub outlived its launcher"
     assert [p for p in processes() if p.ppid == launcher.pid] == []
 
