@@ -76,14 +76,18 @@ def start_triton(settings: Settings, *, free_ports: bool, load: bool):
 
 
 def _launcher_signals() -> None:
-    """For the commands that start Triton: SIGTERM (systemd, Kubernetes) stops them as Ctrl-C
-    does, and orphaned Triton backend stubs are re-parented to this process, which reaps them."""
+    """For the commands that start Triton: SIGTERM (systemd, Kubernetes) and SIGINT stop them
+    as Ctrl-C does, and orphaned Triton backend stubs are re-parented to this process, which
+    reaps them. SIGINT explicitly: a process started in the background by a non-interactive
+    shell (`cmd &` in a script, nohup) inherits SIGINT ignored, and Python then installs no
+    Ctrl-C handler of its own, so SIGINT would never stop Triton."""
     from server.triton.launcher import become_subreaper
 
     def interrupt(signum, frame):
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGINT, interrupt)
     become_subreaper()
 
 
